@@ -1,0 +1,256 @@
+"""Weight collection (paper stage 3): train one neuron per edit so the model answers the edit's target.
+
+Paper semantics, batched: every edit starts from ONE shared seeded initial vector; only the neuron trains, with
+plain SGD on `prompt + " " + target + "." + EOS` and the loss on the answer tokens; a row stops once its loss has
+stayed under `loss_threshold` for `patience` steps; an edit succeeds when greedy decoding reproduces the target.
+Rows of a batch never interact (each has its own neuron and its own loss term), so a batch gives the same
+vectors as collecting each edit alone. Finished chunks are written to `cache_dir` and skipped on a rerun.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from meg import __version__, files
+from meg.decoding import greedy_generate
+from meg.errors import InputError
+from meg.prompts import AnswerBatch, LossTokens, PromptTemplate, answers_match, encode_answers
+from meg.requests import EditRequest
+from meg.surgery import NeuronSpec, context_length, frozen_eval, mount_neuron
+
+
+@dataclass(frozen=True)
+class CollectionConfig:
+    """How one neuron is trained per edit. Defaults: the paper's Phi-2 setting (SGD lr 0.01, 80 steps)."""
+
+    lr: float = 0.01
+    steps: int = 80  # maximum SGD steps per edit
+    schedule: Literal["constant", "cosine"] = "constant"  # cosine: lr * (1 + cos(pi * step / steps)) / 2
+    loss_threshold: float = 0.0  # a row stops once its loss < threshold for `patience` steps; 0 disables
+    patience: int = 1
+    # Ours (not in the paper): learning-rate multiplier for w_in and bias. A small model needs a large step on
+    # w_out but a small one on the input side, or the neuron's pre-activation collapses (docs/LOG.md).
+    input_lr_scale: float = 1.0
+    # Initial vector: "linear" draws like nn.Linear for an FFN of width 4d (the research code widens the FFN by
+    # one unit): w_in, bias ~ U(+-1/sqrt(d)), w_out ~ U(+-1/sqrt(4d)). `init_bias` overrides the bias.
+    init_bias: float | None = None
+    loss_tokens: LossTokens = "answer"  # "answer" = target + "." + EOS (research code); "target" = target only
+    max_new_tokens: int = 20  # greedy decoding budget for the success check (the AG protocol's)
+    batch_size: int = 32  # edits per forward/backward
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks = {
+            "lr": self.lr > 0,
+            "steps": self.steps >= 1,
+            "schedule": self.schedule in ("constant", "cosine"),
+            "loss_threshold": self.loss_threshold >= 0,
+            "patience": self.patience >= 1,
+            "input_lr_scale": self.input_lr_scale > 0,
+            "loss_tokens": self.loss_tokens in ("answer", "target"),
+            "max_new_tokens": self.max_new_tokens >= 1,
+            "batch_size": self.batch_size >= 1,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise InputError(f"CollectionConfig.{name} has an invalid value: {getattr(self, name)!r}")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> CollectionConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise InputError(f"unknown CollectionConfig fields: {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+
+# Named settings. "paper-*" are the research code's stage-3 configs; "small-gpt2" is ours, measured on the
+# 7M-parameter reference model (docs/LOG.md). The architecture table picks one per model family.
+PRESETS: dict[str, CollectionConfig] = {
+    "paper-phi2": CollectionConfig(lr=0.01, steps=80),
+    "paper-gptj": CollectionConfig(lr=0.07, steps=500, schedule="cosine", loss_threshold=0.2, patience=10),
+    "paper-llama3": CollectionConfig(lr=0.02, steps=50),
+    "small-gpt2": CollectionConfig(lr=10.0, steps=80, input_lr_scale=0.01, init_bias=1.0, loss_threshold=0.05),
+}
+
+
+def preset(name: str) -> CollectionConfig:
+    if name not in PRESETS:
+        raise InputError(f"unknown collection preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+@dataclass
+class CollectionResult:
+    """Per edit: the trained vector (N, D), greedy success (N,), final loss (N,), steps taken (N,), prediction."""
+
+    vectors: torch.Tensor
+    success: torch.Tensor
+    loss: torch.Tensor
+    steps: torch.Tensor
+    predictions: list[str]
+
+    @property
+    def success_rate(self) -> float:
+        return float(self.success.float().mean()) if len(self.success) else 0.0
+
+    @staticmethod
+    def concat(parts: Sequence[CollectionResult]) -> CollectionResult:
+        return CollectionResult(
+            torch.cat([p.vectors for p in parts]),
+            torch.cat([p.success for p in parts]),
+            torch.cat([p.loss for p in parts]),
+            torch.cat([p.steps for p in parts]),
+            [x for p in parts for x in p.predictions],
+        )
+
+
+def initial_vector(spec: NeuronSpec, config: CollectionConfig) -> torch.Tensor:
+    """The shared seeded start (D,) for every edit."""
+    gen = torch.Generator().manual_seed(config.seed)
+    d = spec.hidden_size
+
+    def uniform(n: int, bound: float) -> torch.Tensor:
+        return (torch.rand(n, generator=gen, dtype=torch.float64) * 2 - 1) * bound
+
+    w_in, bias, w_out = uniform(d, d**-0.5), uniform(1, d**-0.5), uniform(d, (4 * d) ** -0.5)
+    if config.init_bias is not None:
+        bias = torch.full((1,), config.init_bias, dtype=torch.float64)
+    return spec.join(w_in[None], bias, w_out[None])[0].float()
+
+
+def _row_losses(logits: torch.Tensor, batch: AnswerBatch, tokens: LossTokens) -> torch.Tensor:
+    """Mean cross-entropy over each row's loss tokens: logits (B, T, V) -> (B,)."""
+    mask = batch.loss_mask(tokens)[:, 1:].float()  # (B, T-1): token t+1 is predicted at position t
+    nll = nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2).float(), batch.input_ids[:, 1:], reduction="none")
+    return (nll * mask).sum(1) / mask.sum(1)
+
+
+def _lr_at(config: CollectionConfig, step: int) -> float:
+    if config.schedule == "cosine":
+        return config.lr * 0.5 * (1 + math.cos(math.pi * step / config.steps))
+    return config.lr
+
+
+def _train_rows(model: nn.Module, spec: NeuronSpec, batch: AnswerBatch, config: CollectionConfig) -> tuple:
+    """SGD on one batch of edits, every row its own neuron. -> vectors (B, D), loss (B,), steps (B,)."""
+    rows = batch.input_ids.shape[0]
+    weights = initial_vector(spec, config).to(batch.input_ids.device).repeat(rows, 1)  # (B, D)
+    scale = torch.ones(spec.dim, device=weights.device)
+    scale[: spec.dim - spec.hidden_size] = config.input_lr_scale  # w_in and bias come before w_out
+    live = torch.arange(rows, device=weights.device)  # rows still training
+    losses = torch.full((rows,), float("nan"))
+    steps, below = torch.zeros(rows, dtype=torch.long), torch.zeros(rows, dtype=torch.long)
+    for step in range(config.steps):
+        leaf = weights[live].clone().requires_grad_(True)  # (L, D)
+        sub = AnswerBatch(*(getattr(batch, f)[live] for f in ("input_ids", "attention_mask", "target_mask", "answer_mask")))
+        with mount_neuron(model, spec, leaf):
+            logits = model(input_ids=sub.input_ids, attention_mask=sub.attention_mask).logits
+            row_loss = _row_losses(logits, sub, config.loss_tokens)  # (L,)
+            # Summing keeps each row's gradient equal to its own loss's gradient (rows share no weights).
+            (grad,) = torch.autograd.grad(row_loss.sum(), leaf)
+        weights[live] = (leaf - _lr_at(config, step) * grad * scale).detach()
+        cpu_live = live.cpu()
+        losses[cpu_live] = row_loss.detach().float().cpu()
+        steps[cpu_live] += 1
+        below[cpu_live] = torch.where(losses[cpu_live] < config.loss_threshold, below[cpu_live] + 1, 0)
+        live = live[(below[cpu_live] < config.patience).to(live.device)]
+        if live.numel() == 0:
+            break
+    return weights, losses, steps
+
+
+def _collect_chunk(
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase, spec: NeuronSpec, texts: list[str], targets: list[str],
+    names: list[str], config: CollectionConfig,
+) -> CollectionResult:
+    device = next(model.parameters()).device
+    batch = encode_answers(tokenizer, texts, targets, max_length=context_length(model), names=names).to(device)
+    weights, losses, steps = _train_rows(model, spec, batch, config)
+    predictions = greedy_generate(model, tokenizer, texts, config.max_new_tokens, spec, weights, len(texts))
+    success = torch.tensor([answers_match(p, t) for p, t in zip(predictions, targets)], dtype=torch.bool)
+    return CollectionResult(weights.detach().float().cpu(), success, losses, steps, predictions)
+
+
+def _fingerprint(spec: NeuronSpec, config: CollectionConfig, template: PromptTemplate, texts: list[str], targets: list[str]) -> str:
+    payload = json.dumps([asdict(spec), asdict(config), template.text, texts, targets], sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+class _ChunkCache:
+    """Finished chunks on disk: a manifest that pins the job, and one safetensors file per chunk."""
+
+    def __init__(self, directory: Path, job: str):
+        self.directory = directory
+        manifest = directory / files.COLLECTION_MANIFEST
+        if manifest.exists():
+            if files.read_json(manifest).get("job") != job:
+                raise InputError(
+                    f"{directory} holds a collection of other edits, settings or layer; use another cache directory"
+                )
+        else:
+            files.atomic_write_json(manifest, {"meg_version": __version__, "job": job})
+
+    def _path(self, index: int) -> Path:
+        return self.directory / files.COLLECTION_CHUNK.format(index=index)
+
+    def load(self, index: int) -> CollectionResult | None:
+        path = self._path(index)
+        if not path.exists():
+            return None
+        t = files.load_tensors(path)
+        predictions = json.loads(files.load_metadata(path)["predictions"])
+        return CollectionResult(t["vectors"], t["success"], t["loss"], t["steps"], predictions)
+
+    def save(self, index: int, result: CollectionResult) -> None:
+        tensors = {"vectors": result.vectors, "success": result.success, "loss": result.loss, "steps": result.steps}
+        files.save_tensors(self._path(index), tensors, metadata={"predictions": json.dumps(result.predictions)})
+
+
+def collect_weights(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    spec: NeuronSpec,
+    requests: Sequence[EditRequest],
+    config: CollectionConfig = CollectionConfig(),
+    template: PromptTemplate = PromptTemplate(),
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+) -> CollectionResult:
+    """Collect one neuron vector per edit request (paper stage 3), `config.batch_size` edits at a time.
+
+    With `cache_dir`, each finished chunk is saved there and reused when the same job runs again, so an
+    interrupted run resumes where it stopped. The model is left unchanged (hooks removed, mode restored).
+    """
+    if not requests:
+        raise InputError("no edit requests to collect")
+    texts = [template.format(r.prompt) for r in requests]
+    targets = [r.target for r in requests]
+    names = [f"edit {r.case_id if r.case_id is not None else i} ({r.prompt[:40]!r})" for i, r in enumerate(requests)]
+    cache = _ChunkCache(Path(cache_dir), _fingerprint(spec, config, template, texts, targets)) if cache_dir else None
+    size, parts = config.batch_size, []
+    bar = tqdm(total=len(requests), desc="collect neurons", unit="edit", disable=not progress)
+    with frozen_eval(model):
+        for index, start in enumerate(range(0, len(requests), size)):
+            rows = slice(start, start + size)
+            part = cache.load(index) if cache else None
+            if part is None:
+                part = _collect_chunk(model, tokenizer, spec, texts[rows], targets[rows], names[rows], config)
+                if cache:
+                    cache.save(index, part)
+            parts.append(part)
+            bar.update(len(part.predictions))
+            bar.set_postfix(success=f"{CollectionResult.concat(parts).success_rate:.1%}")
+    bar.close()
+    return CollectionResult.concat(parts)

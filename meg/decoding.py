@@ -1,0 +1,94 @@
+"""Batched greedy decoding and teacher-forced scoring, optionally with a per-row neuron mounted.
+
+These are the two ways every metric reads a model (paper, "Evaluation protocol"): AG = greedy generation of up to
+20 new tokens; TF = teacher-forced accuracy over the target tokens. Rows are decoded in mini-batches; when
+`weights` is given, row i runs with neuron `weights[i]`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
+
+import torch
+from torch import nn
+from transformers import GenerationConfig, PreTrainedTokenizerBase
+
+from meg.prompts import encode_answers, encode_prompts, pad_id
+from meg.surgery import NeuronSpec, frozen_eval, mount_neuron
+
+
+def _chunks(n: int, size: int) -> Iterator[slice]:
+    for start in range(0, n, size):
+        yield slice(start, min(n, start + size))
+
+
+def _mounted(model: nn.Module, spec: NeuronSpec | None, weights: torch.Tensor | None):
+    if weights is None:
+        return nullcontext()
+    if spec is None:
+        raise ValueError("weights given without a NeuronSpec")
+    return mount_neuron(model, spec, weights)
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def greedy_generate(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt_texts: Sequence[str],
+    max_new_tokens: int = 20,
+    spec: NeuronSpec | None = None,
+    weights: torch.Tensor | None = None,
+    batch_size: int = 64,
+) -> list[str]:
+    """Greedy continuations (special tokens removed), one string per prompt; stops at EOS."""
+    prompt_texts, device = list(prompt_texts), _device(model)
+    config = GenerationConfig(
+        do_sample=False,
+        num_beams=1,
+        max_new_tokens=max_new_tokens,
+        pad_token_id=pad_id(tokenizer),
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    outputs: list[str] = []
+    with frozen_eval(model):
+        for rows in _chunks(len(prompt_texts), batch_size):
+            input_ids, attention = encode_prompts(tokenizer, prompt_texts[rows])
+            w = None if weights is None else weights[rows].to(device)
+            with _mounted(model, spec, w):
+                generated = model.generate(
+                    input_ids=input_ids.to(device), attention_mask=attention.to(device), generation_config=config
+                )
+            new_tokens = generated[:, input_ids.shape[1] :]
+            outputs += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+    return outputs
+
+
+@torch.no_grad()
+def teacher_forced_accuracy(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt_texts: Sequence[str],
+    targets: Sequence[str],
+    spec: NeuronSpec | None = None,
+    weights: torch.Tensor | None = None,
+    batch_size: int = 64,
+) -> list[float]:
+    """Per row: the share of target tokens of `prompt + " " + target` that are the argmax given the gold prefix."""
+    prompt_texts, targets, device = list(prompt_texts), list(targets), _device(model)
+    scores: list[float] = []
+    with frozen_eval(model):
+        for rows in _chunks(len(prompt_texts), batch_size):
+            batch = encode_answers(tokenizer, prompt_texts[rows], targets[rows], suffix=False).to(device)
+            w = None if weights is None else weights[rows].to(device)
+            with _mounted(model, spec, w):
+                logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+            predicted = logits[:, :-1].argmax(-1)  # (B, T-1): prediction for token t+1
+            mask = batch.target_mask[:, 1:]
+            hits = (predicted == batch.input_ids[:, 1:]) & mask
+            scores += (hits.sum(1).float() / mask.sum(1).float()).tolist()
+    return scores

@@ -1,0 +1,100 @@
+"""Tiny models and tokenizers built in-process: tests never download anything."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+FACTS = [
+    ("The capital of France is", "Paris"),
+    ("The mother tongue of Danielle Darrieux is", "French"),
+    ("BBC One, by", "BBC"),
+    ("Toko Yasuda plays the", "guitar"),
+    ("The official language of Japan is", "Japanese"),
+    ("Apple A5 was created by", "Apple"),
+    ("Michel Rocard is a native speaker of", "French"),
+    ("Honus Wagner plays the position of", "shortstop"),
+]
+# New targets are other facts' true objects, so each is one token the tiny model has already produced.
+NEW_TARGETS = ["guitar", "Japanese", "Apple", "French", "shortstop", "Paris", "French", "BBC"]
+
+
+def build_tokenizer(extra_text: list[str] | None = None, vocab_size: int = 600) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on the fact sentences above (GPT-2 style, spaces attach left)."""
+    corpus = [f"{p} {t}." for p, t in FACTS] + [f"{p} {t}." for (p, _), t in zip(FACTS, NEW_TARGETS)]
+    corpus += extra_text or []
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(corpus * 4, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+
+
+TINY_CONFIGS = {
+    "gpt2": dict(n_embd=32, n_layer=2, n_head=2, n_positions=64),
+    "gpt_bigcode": dict(n_embd=32, n_layer=2, n_head=2, n_positions=64),
+    "gptj": dict(n_embd=32, n_layer=2, n_head=2, n_positions=64, rotary_dim=8),
+    "gpt_neox": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64),
+    "falcon": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2),
+    "bloom": dict(hidden_size=32, n_layer=2, n_head=2),
+    "phi": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64),
+    "llama": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2, intermediate_size=64),
+    "mistral": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2, intermediate_size=64),
+    "qwen2": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2, intermediate_size=64),
+    "qwen3": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2, intermediate_size=64, head_dim=16),
+    "gemma": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2, intermediate_size=64, head_dim=16),
+    "gemma2": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2, intermediate_size=64, head_dim=16),
+    "olmo2": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2, intermediate_size=64),
+}
+
+
+def build_model(model_type: str, vocab_size: int = 600, seed: int = 0, **overrides) -> torch.nn.Module:
+    """A randomly initialised tiny causal LM of `model_type` (float32, eval mode)."""
+    torch.manual_seed(seed)
+    kwargs = {**TINY_CONFIGS[model_type], **overrides}
+    special = dict(bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    config = AutoConfig.for_model(model_type, vocab_size=vocab_size, **special, **kwargs)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+def train_on_facts(model: torch.nn.Module, tokenizer, facts=FACTS, steps: int = 150) -> torch.nn.Module:
+    """Teach a tiny model the true facts (about 2 s), so edits change something it knows."""
+    from meg.prompts import encode_answers
+
+    batch = encode_answers(tokenizer, [p for p, _ in facts], [t for _, t in facts])
+    labels = batch.input_ids.masked_fill(batch.attention_mask == 0, -100)
+    torch.manual_seed(0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        loss = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tokenizer() -> PreTrainedTokenizerFast:
+    return build_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def fact_gpt2(tokenizer) -> torch.nn.Module:
+    """A tiny GPT-2 (d=64, 2 layers) that answers every fact in FACTS. Tests must not modify it."""
+    return train_on_facts(build_model("gpt2", vocab_size=len(tokenizer), n_embd=64), tokenizer)
+
+
+@pytest.fixture()
+def tiny_gpt2(tokenizer) -> torch.nn.Module:
+    return build_model("gpt2", vocab_size=len(tokenizer))
