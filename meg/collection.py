@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from meg import __version__, files
+from meg.architectures import resolve
 from meg.decoding import greedy_generate
 from meg.errors import InputError
 from meg.prompts import AnswerBatch, LossTokens, PromptTemplate, answers_match, encode_answers
@@ -86,9 +87,15 @@ PRESETS: dict[str, CollectionConfig] = {
 
 
 def preset(name: str) -> CollectionConfig:
+    """A named collection setting (see PRESETS)."""
     if name not in PRESETS:
         raise InputError(f"unknown collection preset {name!r}; choose one of {', '.join(PRESETS)}")
     return PRESETS[name]
+
+
+def preset_for(model: nn.Module, name: str | None = None) -> CollectionConfig:
+    """`name`'s preset, or (None) the one the architecture table assigns to the model's family."""
+    return preset(name or resolve(model.config.model_type).collection_preset)
 
 
 @dataclass

@@ -69,6 +69,11 @@ class AnswerBatch:
         return self.answer_mask if tokens == "answer" else self.target_mask
 
 
+def join_answer(prompt_text: str, answer: str) -> str:
+    """`prompt + " " + answer`, without doubling a space the prompt already ends with."""
+    return prompt_text + answer if prompt_text.endswith((" ", "\n")) else f"{prompt_text} {answer}"
+
+
 def _common_prefix(a: list[int], b: list[int]) -> int:
     n = 0
     while n < min(len(a), len(b)) and a[n] == b[n]:
@@ -79,7 +84,7 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 def _row_ids(tokenizer: PreTrainedTokenizerBase, prompt_text: str, target: str, suffix: bool) -> tuple[list[int], int, int]:
     """-> (ids, target_start, target_end) for one row."""
     prompt_ids = tokenizer(prompt_text)["input_ids"]
-    with_target = tokenizer(prompt_text + " " + target)["input_ids"]
+    with_target = tokenizer(join_answer(prompt_text, target))["input_ids"]
     start = _common_prefix(prompt_ids, with_target)
     end = len(with_target)
     ids = list(with_target)

@@ -81,6 +81,7 @@ def train_on_facts(model: torch.nn.Module, tokenizer, facts=FACTS, steps: int = 
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
     return model.eval()
 
 

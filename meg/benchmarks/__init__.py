@@ -1,0 +1,1 @@
+"""Benchmarks: library functions that measure and write JSON + markdown + PNG under a results directory."""

@@ -1,0 +1,1 @@
+"""The `meg` command line: one command per module, each a thin shell over one library function."""

@@ -1,0 +1,38 @@
+"""`meg bench-collect`: weight-collection throughput, one edit at a time vs batched."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from meg.cli.common import DataOption, DeviceOption, ModelOption, NOption, command_line, friendly_errors, load_data, parse_ints
+
+
+@friendly_errors
+def command(
+    model: ModelOption = "reference",
+    data: DataOption = None,
+    n: NOption = 128,
+    batch_sizes: Annotated[str, typer.Option(help="comma-separated batch sizes to time")] = "1,8,32,128",
+    single_edits: Annotated[int, typer.Option(help="edits timed at batch size 1")] = 32,
+    layer: Annotated[int | None, typer.Option(help="layer (default: the architecture's)")] = None,
+    out: Annotated[Path, typer.Option(help="results directory")] = Path("docs/results"),
+    device: DeviceOption = "cpu",
+) -> None:
+    """Measure edits/second of neuron collection at several batch sizes; write JSON + markdown + PNG."""
+    from meg.benchmarks.collection_speed import measure_collection_speed, write_collection_speed
+    from meg.collection import preset_for
+    from meg.models import load_causal_lm
+    from meg.surgery import neuron_spec
+
+    lm, tokenizer = load_causal_lm(model, device=device)
+    dataset = load_data(data, n)
+    spec, config = neuron_spec(lm, layer), preset_for(lm)
+    sizes = parse_ints(batch_sizes, "--batch-sizes")
+    points = measure_collection_speed(lm, tokenizer, spec, dataset.requests, config, sizes, dataset.template, single_edits)
+    description = (f"model {model} ({spec.model_type}, layer {spec.layer}, D={spec.dim}), {dataset.name}, "
+                   f"collection {config}, device {device}")
+    paths = write_collection_speed(out, points, {"command": command_line(), "description": description})
+    typer.echo(Path(paths["md"]).read_text())

@@ -1,0 +1,28 @@
+"""Entry point of the `meg` command: registers one command per module of this package."""
+
+from __future__ import annotations
+
+import typer
+
+from meg.cli import bench_collect, env, layers
+
+app = typer.Typer(
+    name="meg",
+    help="Massive knowledge editing of Hugging Face causal LMs with one generated neuron (MeG).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+COMMANDS = {
+    "layers": layers,
+    "bench-collect": bench_collect,
+    "env": env,
+}
+
+for _name, _module in COMMANDS.items():
+    app.command(_name)(_module.command)
+
+
+if __name__ == "__main__":
+    app()

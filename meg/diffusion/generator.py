@@ -1,0 +1,260 @@
+"""The weight generator (paper stage 4): a denoiser, the noise schedule and the weight normalisation, in one module.
+
+`loss(x0, cond)` is the paper's training objective, `sample(cond)` the paper's sampler; both take and return
+neuron vectors in the ORIGINAL weight space (the layout of `meg.surgery.NeuronSpec`, length D = 2d + 1).
+Inside, vectors are normalised before diffusion:
+- "scale" (paper): z = x / 0.01, i.e. weights x100;
+- "standardize" (ours): z = (x - mean) / std per dimension, fitted on the training vectors. A small model's
+  w_in and w_out entries can differ in scale by orders of magnitude; one global factor then leaves some
+  dimensions far below the noise level and others far above it.
+Both are stored as buffers (`norm_shift`, `norm_scale`), so `state_dict` holds everything and round-trips
+through safetensors; the config round-trips through JSON (`save` / `load`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from meg import __version__, files
+from meg.diffusion import dit, mlp
+from meg.diffusion.schedule import NoiseSchedule, TimestepSpacing
+from meg.errors import InputError
+
+Architecture = Literal["dit", "mlp"]
+Normalization = Literal["scale", "standardize"]
+StopMetric = Literal["l2", "relative_l2"]
+
+GENERATOR_WEIGHTS = files.PACK_GENERATOR  # "generator.safetensors"
+GENERATOR_CONFIG = "generator_config.json"  # belongs in meg.files next to PACK_GENERATOR
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """Everything that defines a generator and its training. Defaults: the paper's stage-4 setting, with the
+    "small" preset (the paper's own size is preset "paper")."""
+
+    architecture: Architecture = "dit"  # "mlp": the paper's faster, less general ablation
+    preset: str = "small"  # a name in dit.PRESETS / mlp.PRESETS
+    normalization: Normalization = "scale"
+    weight_scale: float = 0.01  # "scale": z = x / weight_scale (paper: x100)
+    # diffusion (paper: T = 1000, linear betas 1e-4 .. 0.02, v-prediction, DDIM 50 steps)
+    num_train_timesteps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    timestep_spacing: TimestepSpacing = "trailing"  # see meg.diffusion.schedule
+    sampling_steps: int = 50
+    # optimisation (paper: AdamW 1e-4, no weight decay, batch 255-512)
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    batch_size: int = 256  # pairs per step, +DA zero pairs included (capped by the number of vectors)
+    max_steps: int = 100_000  # budget in optimiser steps
+    max_seconds: float | None = None  # optional wall-clock budget
+    # stop criterion (paper: mean + std over vectors of ||generated - collected||_2 < 0.5, checked every 1000
+    # epochs, measured in the original weight space; "relative_l2" divides each error by ||collected||_2)
+    eval_every: int = 1000
+    eval_size: int = 64  # fixed subset of training vectors for the criterion
+    stop_threshold: float = 0.5  # 0 disables the criterion
+    stop_metric: StopMetric = "l2"
+    keep_best: bool = True  # end with the weights of the best evaluation (the paper keeps its top 3)
+    log_every: int = 50  # loss curve: mean loss over windows of this many steps
+    # "+DA": pair unrelated queries with the all-zero vector; fraction of each batch (paper: as many as edits)
+    zero_fraction: float = 0.5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        presets = dit.PRESETS if self.architecture == "dit" else mlp.PRESETS
+        checks: dict[str, tuple[bool, str]] = {
+            "architecture": (self.architecture in ("dit", "mlp"), "one of: dit, mlp"),
+            "preset": (self.preset in presets, f"one of: {', '.join(presets)}"),
+            "normalization": (self.normalization in ("scale", "standardize"), "one of: scale, standardize"),
+            "weight_scale": (self.weight_scale > 0, "> 0"),
+            "num_train_timesteps": (self.num_train_timesteps >= 2, ">= 2"),
+            "beta_start": (0 < self.beta_start < 1, "in (0, 1)"),
+            "beta_end": (self.beta_start <= self.beta_end < 1, "in [beta_start, 1)"),
+            "timestep_spacing": (
+                self.timestep_spacing in ("leading", "trailing", "linspace"),
+                "one of: leading, trailing, linspace",
+            ),
+            "sampling_steps": (1 <= self.sampling_steps <= self.num_train_timesteps, "in 1..num_train_timesteps"),
+            "lr": (self.lr > 0, "> 0"),
+            "weight_decay": (self.weight_decay >= 0, ">= 0"),
+            "batch_size": (self.batch_size >= 1, ">= 1"),
+            "max_steps": (self.max_steps >= 1, ">= 1"),
+            "max_seconds": (self.max_seconds is None or self.max_seconds > 0, "None or > 0"),
+            "eval_every": (self.eval_every >= 1, ">= 1"),
+            "eval_size": (self.eval_size >= 1, ">= 1"),
+            "stop_threshold": (self.stop_threshold >= 0, ">= 0"),
+            "stop_metric": (self.stop_metric in ("l2", "relative_l2"), "one of: l2, relative_l2"),
+            "log_every": (self.log_every >= 1, ">= 1"),
+            "zero_fraction": (0 <= self.zero_fraction < 1, "in [0, 1)"),
+        }
+        for name, (ok, valid) in checks.items():
+            if not ok:
+                raise InputError(f"GeneratorConfig.{name} = {getattr(self, name)!r} is invalid; must be {valid}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GeneratorConfig:
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise InputError(f"unknown GeneratorConfig fields: {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+    def schedule(self) -> NoiseSchedule:
+        return NoiseSchedule(self.num_train_timesteps, self.beta_start, self.beta_end, self.timestep_spacing)
+
+
+# Named settings. "paper*": the paper's stage 4 (DiT 768 x 12, weights x100, AdamW 1e-4, 50 DDIM steps, stop
+# at mean + std of the L2 error < 0.5). "small-gpt2" is ours for the 7M reference model (D = 513, 256-1024
+# vectors): the DiT measured in docs/meg-method.md (hidden 128, depth 4, patches of 64, AdamW 1e-3,
+# standardised vectors: relative L2 0.175 after 3,000 steps), a relative stop criterion because the paper's
+# absolute 0.5 is met by any vector shorter than 0.5, and 10 sampling steps (4 lost nothing there).
+CONFIGS: dict[str, GeneratorConfig] = {
+    "paper": GeneratorConfig(preset="paper", batch_size=256),
+    "paper-mlp": GeneratorConfig(architecture="mlp", preset="large"),
+    "small-gpt2": GeneratorConfig(
+        preset="tiny",
+        normalization="standardize",
+        lr=1e-3,
+        max_steps=5000,
+        eval_every=500,
+        stop_metric="relative_l2",
+        stop_threshold=0.2,
+        sampling_steps=10,
+    ),
+}
+
+
+def build_denoiser(config: GeneratorConfig, dim: int, cond_dim: int) -> nn.Module:
+    """The denoiser network named by `config.architecture` and `config.preset`."""
+    if config.architecture == "dit":
+        return dit.DiT1D(dim, cond_dim, config.preset)
+    return mlp.ResidualMLP(dim, cond_dim, config.preset)
+
+
+class WeightGenerator(nn.Module):
+    """Conditional diffusion model: query embedding (B, C) -> neuron vector (B, D).
+
+    Parameters are initialised from `config.seed` (under a forked RNG: the global RNG is left as it was), so
+    the same config always builds the same network.
+    """
+
+    def __init__(self, config: GeneratorConfig, dim: int, cond_dim: int) -> None:
+        super().__init__()
+        if dim < 1 or cond_dim < 1:
+            raise InputError(f"dim and cond_dim must be >= 1, got dim={dim}, cond_dim={cond_dim}")
+        self.config, self.dim, self.cond_dim = config, dim, cond_dim
+        self.schedule = config.schedule()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            self.denoiser = build_denoiser(config, dim, cond_dim)
+        # z = (x - norm_shift) / norm_scale; "scale" needs no fitting: shift 0, scale = weight_scale.
+        self.register_buffer("norm_shift", torch.zeros(dim))  # (D,)
+        self.register_buffer("norm_scale", torch.full((dim,), config.weight_scale))  # (D,)
+
+    # --- normalisation ---
+
+    def fit_normalization(self, vectors: torch.Tensor) -> None:
+        """For "standardize": per-dimension mean and std of the training vectors (N, D). No-op for "scale".
+
+        A dimension that barely varies gets std floored at 1e-3 of the mean std, so it is not blown up to noise.
+        """
+        if self.config.normalization != "standardize":
+            return
+        x = vectors.to(self.norm_shift.device, torch.float32)  # (N, D)
+        std = x.std(dim=0, unbiased=False)  # (D,)
+        self.norm_shift.copy_(x.mean(dim=0))
+        self.norm_scale.copy_(std.clamp_min(1e-3 * float(std.mean()) + 1e-12))
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Original weight space (B, D) -> diffusion space (B, D)."""
+        return (x - self.norm_shift) / self.norm_scale
+
+    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
+        """Diffusion space (B, D) -> original weight space (B, D)."""
+        return z * self.norm_scale + self.norm_shift
+
+    # --- training and sampling ---
+
+    def forward(self, z_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The denoiser's v prediction in diffusion space: z_t (B, D), t (B,), cond (B, C) -> (B, D)."""
+        return self.denoiser(z_t, t, cond)
+
+    def loss(self, x0: torch.Tensor, cond: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The paper's objective: t ~ U{0..T-1}, eps ~ N(0, I), MSE between predicted and true v.
+
+        x0: collected vectors (B, D) in the original weight space; cond: query embeddings (B, C).
+        """
+        self._check(cond, x0)
+        z0 = self.normalize(x0.to(self.norm_scale.dtype))  # (B, D)
+        noise = torch.randn(z0.shape, generator=generator, device=z0.device, dtype=z0.dtype)  # (B, D)
+        t = self.schedule.random_timesteps(z0.shape[0], z0.device, generator)  # (B,)
+        z_t = self.schedule.add_noise(z0, noise, t)
+        target = self.schedule.velocity(z0, noise, t)  # v = a_t eps - s_t z0
+        return F.mse_loss(self(z_t, t, cond.to(z0.dtype)), target)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        cond: torch.Tensor,
+        steps: int | None = None,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
+        eta: float = 0.0,
+    ) -> torch.Tensor:
+        """Generate one neuron vector per row of `cond` (B, C): (B, D) in the original weight space.
+
+        steps: DDIM steps (default `config.sampling_steps`). The starting noise x_T is `noise` (B, D) when given,
+        else drawn from `generator` on cond's device; the same generator state gives the same vectors. Rows are
+        independent, so row i of a batch equals sampling row i alone from the same noise row (up to float
+        rounding of batched matmuls).
+        """
+        self._check(cond)
+        dtype = self.norm_scale.dtype
+        if noise is None:
+            noise = torch.randn((cond.shape[0], self.dim), generator=generator, device=cond.device, dtype=dtype)
+        elif noise.shape != (cond.shape[0], self.dim):
+            raise InputError(f"noise must have shape ({cond.shape[0]}, {self.dim}), got {tuple(noise.shape)}")
+        cond = cond.to(dtype)
+
+        def denoise(z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return self(z_t, t, cond)  # (B, D)
+
+        steps = self.config.sampling_steps if steps is None else steps
+        z0 = self.schedule.sample(denoise, noise.to(dtype), steps, eta=eta, generator=generator)  # (B, D)
+        return self.denormalize(z0)
+
+    def _check(self, cond: torch.Tensor, x0: torch.Tensor | None = None) -> None:
+        if cond.ndim != 2 or cond.shape[1] != self.cond_dim:
+            raise InputError(f"cond must have shape (B, {self.cond_dim}), got {tuple(cond.shape)}")
+        if x0 is not None and (x0.ndim != 2 or x0.shape != (cond.shape[0], self.dim)):
+            raise InputError(f"vectors must have shape ({cond.shape[0]}, {self.dim}), got {tuple(x0.shape)}")
+
+    # --- artifacts ---
+
+    def save(self, directory: str | Path) -> None:
+        """Write `generator.safetensors` (state_dict) and `generator_config.json` (config and sizes)."""
+        directory = Path(directory)
+        files.save_tensors(directory / GENERATOR_WEIGHTS, self.state_dict(), metadata={"meg_version": __version__})
+        meta = {"meg_version": __version__, "dim": self.dim, "cond_dim": self.cond_dim, "config": self.config.to_dict()}
+        files.atomic_write_json(directory / GENERATOR_CONFIG, meta)
+
+    @classmethod
+    def load(cls, directory: str | Path, device: torch.device | str = "cpu") -> WeightGenerator:
+        """Inverse of `save`: the same config, sizes and tensors, so sampling gives identical vectors."""
+        directory = Path(directory)
+        for name in (GENERATOR_WEIGHTS, GENERATOR_CONFIG):
+            if not (directory / name).is_file():
+                raise InputError(f"{directory} has no {name}; it is not a saved generator")
+        meta = files.read_json(directory / GENERATOR_CONFIG)
+        model = cls(GeneratorConfig.from_dict(meta["config"]), int(meta["dim"]), int(meta["cond_dim"]))
+        model.load_state_dict(files.load_tensors(directory / GENERATOR_WEIGHTS))
+        return model.to(device)

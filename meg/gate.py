@@ -1,0 +1,283 @@
+"""The familiarity network (paper stage 2): does a query touch edited knowledge at all?
+
+Paper (Sec. "Familiarity network", research code my_model_five_bert_text.py / train_familiar.py): on the frozen
+tuned query embedding, 5 residual blocks `x + Dropout(0.1)(Linear(d, 4d) -> GELU -> Linear(4d, d))`, then
+Linear(d, 10). Every edit query gets a random label in 0..9 and the network is trained with cross-entropy
+(AdamW 1e-3, 1000-4000 full-batch epochs) until it memorises them. At inference the entropy H of its softmax is
+low for edit queries, a bit higher for their paraphrases and high for unrelated queries: H < epsilon -> generate
+the neuron's weights, otherwise the zero neuron (an exact no-op).
+
+The paper hand-tunes epsilon per model and dataset on the test data (0.1 to 0.7; the maximum is ln 10 = 2.30).
+Here the default calibrates it on unrelated queries that are not test data (`calibrate_epsilon`): the largest
+epsilon that lets at most `target_unrelated_rate` of them through. A fixed epsilon stays available. The pack
+stores the `Calibration` next to the gate so the value and how it was chosen are on record.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from meg.errors import InputError
+
+
+@dataclass
+class GateConfig:
+    """Familiarity network and its epsilon; saved as JSON in the edit pack.
+
+    Attributes:
+        blocks, hidden_mult, dropout, labels: network shape (paper 5 blocks, 4d hidden, dropout 0.1, 10 labels).
+        lr: AdamW learning rate (paper 1e-3). max_epochs: upper bound (paper trains 1000-4000 epochs).
+        stop_loss: stop as soon as the epoch's training loss is below this (the labels are memorised).
+        batch_size: edits per step; None = full batch (fine for thousands of edits).
+        epsilon: fixed entropy threshold in nats, or None to calibrate it on unrelated queries.
+        target_unrelated_rate: with calibration, the share of unrelated queries allowed through to the generator.
+        seed: random labels, initial weights and dropout.
+    """
+
+    blocks: int = 5
+    hidden_mult: int = 4
+    dropout: float = 0.1
+    labels: int = 10
+    lr: float = 1e-3
+    max_epochs: int = 2000
+    stop_loss: float = 0.005
+    batch_size: int | None = None
+    epsilon: float | None = None
+    target_unrelated_rate: float = 0.02
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name, low in (("blocks", 0), ("hidden_mult", 1), ("labels", 2), ("max_epochs", 1), ("seed", 0)):
+            _check_int(name, getattr(self, name), low)
+        if self.batch_size is not None:
+            _check_int("batch_size", self.batch_size, 1)
+        _check_number("dropout", self.dropout, 0.0, 1.0, high_open=True)
+        _check_number("lr", self.lr, 0.0, math.inf, low_open=True)
+        _check_number("stop_loss", self.stop_loss, 0.0, math.inf)
+        _check_number("target_unrelated_rate", self.target_unrelated_rate, 0.0, 1.0, low_open=True, high_open=True)
+        if self.epsilon is not None:
+            _check_number("epsilon", self.epsilon, 0.0, math.inf, low_open=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GateConfig:
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise InputError(f"gate config: unknown field(s) {unknown}; valid: {[f.name for f in fields(cls)]}")
+        return cls(**data)
+
+
+def _check_int(name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise InputError(f"gate config: field {name!r} must be an integer >= {low}, got {value!r}")
+
+
+def _check_number(name: str, value: Any, low: float, high: float, low_open=False, high_open=False) -> None:
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and not math.isnan(value)
+    ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not ok:
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise InputError(f"gate config: field {name!r} must be a number in {interval}, got {value!r}")
+
+
+class _Block(nn.Module):
+    """x + Dropout(Linear(d, m*d) -> GELU -> Linear(m*d, d)), the paper's residual FFN block."""
+
+    def __init__(self, dim: int, mult: int, dropout: float) -> None:
+        super().__init__()
+        self.ffn = nn.Sequential(nn.Linear(dim, mult * dim), nn.GELU(), nn.Linear(mult * dim, dim), nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.ffn(x)
+
+
+class FamiliarityGate(nn.Module):
+    """Query embedding (N, d) -> logits over `labels` random classes; low output entropy = familiar."""
+
+    def __init__(self, dim: int, config: GateConfig | None = None) -> None:
+        super().__init__()
+        config = config or GateConfig()
+        self.dim, self.config = dim, config
+        self.blocks = nn.Sequential(*(_Block(dim, config.hidden_mult, config.dropout) for _ in range(config.blocks)))
+        self.head = nn.Linear(dim, config.labels)
+
+    def forward(self, emb: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(emb))  # (N, labels)
+
+    @torch.no_grad()
+    def entropy(self, emb: torch.Tensor) -> torch.Tensor:
+        """Entropy of the softmax in nats, (N,), in eval mode (dropout off); 0 = certain, ln(labels) = uniform."""
+        was_training = self.training
+        self.eval()
+        try:
+            logp = F.log_softmax(self(emb.to(self.head.weight)).float(), dim=-1)  # exact, no clamping of p
+            return -(logp.exp() * logp).sum(dim=-1)
+        finally:
+            self.train(was_training)
+
+    def route(self, emb: torch.Tensor, epsilon: float) -> torch.Tensor:
+        """(N,) bool: True = familiar (generate weights), False = zero neuron. Strict H < epsilon."""
+        return self.entropy(emb) < epsilon
+
+
+@dataclass
+class GateLog:
+    """What `train_gate` did."""
+
+    edits: int
+    epochs: int = 0
+    final_loss: float = float("nan")
+    train_accuracy: float = float("nan")
+    stopped_early: bool = False
+    seconds: float = 0.0
+    losses: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GateLog:
+        return cls(**data)
+
+
+@contextmanager
+def _seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed init and dropout for a block without touching the caller's global RNG state."""
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def random_labels(n: int, config: GateConfig) -> torch.Tensor:
+    """The paper's random label per edit query, (n,) in 0..labels-1, reproducible from the seed."""
+    return torch.randint(config.labels, (n,), generator=torch.Generator().manual_seed(config.seed))
+
+
+def train_gate(
+    edit_embeddings: torch.Tensor, config: GateConfig | None = None, progress: bool = True
+) -> tuple[FamiliarityGate, GateLog]:
+    """Train a gate to memorise random labels of the edit queries' embeddings (N, d); returns it in eval mode."""
+    config = config or GateConfig()
+    if edit_embeddings.ndim != 2 or len(edit_embeddings) == 0:
+        shape = tuple(edit_embeddings.shape)
+        raise InputError(f"train_gate: expected edit embeddings of shape (N, d) with N >= 1, got {shape}")
+    x = edit_embeddings.detach().float()
+    labels = random_labels(len(x), config).to(x.device)
+    log = GateLog(edits=len(x))
+    start = time.perf_counter()
+    with _seeded(config.seed, x.device):
+        gate = FamiliarityGate(x.shape[1], config).to(x.device)
+        optimizer = torch.optim.AdamW(gate.parameters(), lr=config.lr)
+        batch_gen = torch.Generator().manual_seed(config.seed + 1)
+        bar = tqdm(range(config.max_epochs), desc="train gate", unit="epoch", disable=not progress)
+        for _ in bar:
+            loss = _epoch(gate, optimizer, x, labels, config.batch_size, batch_gen)
+            log.losses.append(loss)
+            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            if loss < config.stop_loss:
+                log.stopped_early = True
+                break
+    gate.eval()
+    log.epochs, log.final_loss, log.seconds = len(log.losses), log.losses[-1], time.perf_counter() - start
+    with torch.no_grad():
+        log.train_accuracy = (gate(x).argmax(dim=-1) == labels).float().mean().item()
+    return gate, log
+
+
+def _epoch(gate: FamiliarityGate, optimizer, x: torch.Tensor, labels: torch.Tensor, batch_size, generator) -> float:
+    """One pass over the edits (full batch when batch_size is None); mean training loss, dropout on."""
+    gate.train()
+    order = torch.randperm(len(x), generator=generator).to(x.device) if batch_size else torch.arange(len(x))
+    total = 0.0
+    for idx in order.split(batch_size or len(x)):
+        loss = F.cross_entropy(gate(x[idx]), labels[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.item() * len(idx)
+    return total / len(x)
+
+
+@dataclass
+class Calibration:
+    """How epsilon was chosen; stored in the pack next to the gate.
+
+    method "calibrated": from `queries` unrelated queries at `target_rate`; `achieved_rate` is the share of them
+    with H < epsilon. method "fixed": given by the user; rate fields describe the unrelated set if one was given.
+    """
+
+    epsilon: float
+    method: Literal["calibrated", "fixed"]
+    target_rate: float | None = None
+    achieved_rate: float | None = None
+    queries: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Calibration:
+        return cls(**data)
+
+
+def calibrate_epsilon(entropies_of_unrelated: torch.Tensor, target_rate: float) -> float:
+    """The largest epsilon such that new unrelated queries pass (H < epsilon) at a rate of at most `target_rate`.
+
+    With the n calibration entropies sorted, h(1) <= ... <= h(n), epsilon = h(k) with k = floor(target * (n + 1)).
+    For a new query exchangeable with the calibration set, P(H < h(k)) <= k / (n + 1) <= target (the conformal
+    bound, exact for continuous H), and on the calibration set itself at most (k - 1) / n pass. Ties: a strict
+    "<" never admits queries whose entropy equals epsilon, so ties only lower the rate. Small samples: the
+    resolution is 1 / (n + 1); with fewer than ceil(1 / target) - 1 queries no threshold can promise the target
+    and this raises (for 2%, at least 49 queries; use ~1,000 or more for a stable value).
+    """
+    h = entropies_of_unrelated.detach().flatten().double().cpu()
+    if not 0.0 < target_rate < 1.0:
+        raise InputError(f"calibrate_epsilon: target_rate must be in (0, 1), got {target_rate}")
+    if h.numel() == 0 or torch.isnan(h).any():
+        raise InputError("calibrate_epsilon: need at least one finite entropy of an unrelated query")
+    k = math.floor(target_rate * (h.numel() + 1) + 1e-9)  # 1-based rank of the threshold
+    if k < 1:
+        need = math.ceil(1.0 / target_rate) - 1
+        raise InputError(
+            f"calibrate_epsilon: {h.numel()} unrelated queries cannot support target rate {target_rate} "
+            f"(need at least {need}); add queries or set a fixed epsilon"
+        )
+    return float(h.sort().values[k - 1])
+
+
+def choose_epsilon(config: GateConfig, unrelated_entropies: torch.Tensor | None = None) -> Calibration:
+    """A fixed `config.epsilon` as given, else `calibrate_epsilon` at `config.target_unrelated_rate`."""
+    if config.epsilon is None and unrelated_entropies is None:
+        raise InputError("gate: epsilon is not fixed, so unrelated queries are needed to calibrate it")
+    h = None if unrelated_entropies is None else unrelated_entropies.detach().flatten().cpu()
+    if config.epsilon is not None:
+        rate = None if h is None or h.numel() == 0 else (h < config.epsilon).double().mean().item()
+        return Calibration(config.epsilon, "fixed", None, rate, 0 if h is None else h.numel())
+    epsilon = calibrate_epsilon(h, config.target_unrelated_rate)
+    rate = (h < epsilon).double().mean().item()
+    return Calibration(epsilon, "calibrated", config.target_unrelated_rate, rate, h.numel())
+
+
+__all__ = [
+    "Calibration",
+    "FamiliarityGate",
+    "GateConfig",
+    "GateLog",
+    "calibrate_epsilon",
+    "choose_epsilon",
+    "random_labels",
+    "train_gate",
+]

@@ -1,0 +1,136 @@
+"""Weight collection (paper stage 3): one trained neuron per edit, batched, resumable."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import FACTS, NEW_TARGETS
+from meg import collection
+from meg.collection import CollectionConfig, collect_weights, initial_vector, preset
+from meg.decoding import greedy_generate
+from meg.errors import InputError
+from meg.prompts import answers_match
+from meg.requests import EditRequest
+from meg.surgery import neuron_spec
+
+CONFIG = CollectionConfig(lr=10.0, steps=60, input_lr_scale=0.01, init_bias=1.0, batch_size=8, max_new_tokens=4)
+REQUESTS = [EditRequest(p, t, case_id=str(i)) for i, ((p, _), t) in enumerate(zip(FACTS, NEW_TARGETS))]
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_one_fact_is_reproduced_by_greedy_decoding(fact_gpt2, tokenizer):
+    spec = neuron_spec(fact_gpt2, layer=1)
+    request = REQUESTS[0]
+    assert not answers_match(greedy_generate(fact_gpt2, tokenizer, [request.prompt])[0], request.target)
+    result = collect_weights(fact_gpt2, tokenizer, spec, [request], CONFIG, progress=False)
+    assert result.success.tolist() == [True]
+    answer = greedy_generate(fact_gpt2, tokenizer, [request.prompt], spec=spec, weights=result.vectors)[0]
+    assert answers_match(answer, request.target)
+    assert result.vectors.shape == (1, spec.dim)
+    assert 1 <= int(result.steps[0]) <= CONFIG.steps
+
+
+def test_model_is_unchanged_and_gets_no_gradients(fact_gpt2, tokenizer):
+    before = _state(fact_gpt2)
+    collect_weights(fact_gpt2, tokenizer, neuron_spec(fact_gpt2, 1), REQUESTS[:2], CONFIG, progress=False)
+    after = fact_gpt2.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(p.grad is None for p in fact_gpt2.parameters())
+    assert all(not m._forward_hooks for m in fact_gpt2.modules())
+    assert not fact_gpt2.training
+
+
+def test_batched_equals_one_at_a_time(fact_gpt2, tokenizer):
+    spec = neuron_spec(fact_gpt2, layer=1)
+    batched = collect_weights(fact_gpt2, tokenizer, spec, REQUESTS, CONFIG, progress=False)
+    single_cfg = CollectionConfig(**{**CONFIG.__dict__, "batch_size": 1})
+    single = collect_weights(fact_gpt2, tokenizer, spec, REQUESTS, single_cfg, progress=False)
+    torch.testing.assert_close(batched.vectors, single.vectors, rtol=1e-4, atol=1e-4)
+    assert torch.equal(batched.steps, single.steps)
+    assert torch.equal(batched.success, single.success)
+    assert batched.success_rate >= 0.75
+
+
+def test_early_stop_is_per_row(fact_gpt2, tokenizer):
+    spec = neuron_spec(fact_gpt2, layer=1)
+    config = CollectionConfig(**{**CONFIG.__dict__, "loss_threshold": 0.5, "patience": 2})
+    result = collect_weights(fact_gpt2, tokenizer, spec, REQUESTS, config, progress=False)
+    stopped = result.steps < config.steps
+    assert stopped.any()
+    assert (result.loss[stopped] < 0.5).all()
+
+
+def test_resume_after_interruption_gives_the_same_vectors(fact_gpt2, tokenizer, tmp_path, monkeypatch):
+    spec = neuron_spec(fact_gpt2, layer=1)
+    config = CollectionConfig(**{**CONFIG.__dict__, "batch_size": 3})
+    reference = collect_weights(fact_gpt2, tokenizer, spec, REQUESTS, config, progress=False)
+
+    real_chunk, calls, fail_at = collection._collect_chunk, [], [2]
+
+    def failing_chunk(*args, **kwargs):
+        calls.append(1)
+        if len(calls) in fail_at:
+            raise _Interrupted  # the run dies while the second chunk trains
+        return real_chunk(*args, **kwargs)
+
+    monkeypatch.setattr(collection, "_collect_chunk", failing_chunk)
+    with pytest.raises(_Interrupted):
+        collect_weights(fact_gpt2, tokenizer, spec, REQUESTS, config, cache_dir=tmp_path, progress=False)
+    assert sorted(p.name for p in tmp_path.glob("chunk-*")) == ["chunk-00000.safetensors"]
+    assert not list(tmp_path.glob(".*tmp"))
+
+    calls.clear()
+    fail_at.clear()
+    resumed = collect_weights(fact_gpt2, tokenizer, spec, REQUESTS, config, cache_dir=tmp_path, progress=False)
+    assert len(calls) == 2  # chunks 1 and 2 only; chunk 0 came from disk
+    assert torch.equal(resumed.vectors, reference.vectors)
+    assert resumed.predictions == reference.predictions
+
+
+def test_cache_of_another_job_is_refused(fact_gpt2, tokenizer, tmp_path):
+    spec = neuron_spec(fact_gpt2, layer=1)
+    collect_weights(fact_gpt2, tokenizer, spec, REQUESTS[:1], CONFIG, cache_dir=tmp_path, progress=False)
+    with pytest.raises(InputError, match="holds a collection of other edits"):
+        collect_weights(fact_gpt2, tokenizer, spec, REQUESTS[1:2], CONFIG, cache_dir=tmp_path, progress=False)
+
+
+def test_initial_vector_is_shared_and_seeded(fact_gpt2):
+    spec = neuron_spec(fact_gpt2, layer=1)
+    a, b = initial_vector(spec, CONFIG), initial_vector(spec, CONFIG)
+    assert torch.equal(a, b)
+    assert a[spec.hidden_size] == 1.0  # init_bias
+    other = initial_vector(spec, CollectionConfig(seed=1))
+    assert not torch.equal(a, other)
+
+
+def test_target_longer_than_context_is_named(tokenizer):
+    from conftest import build_model
+
+    model = build_model("gpt2", vocab_size=len(tokenizer), n_positions=16)
+    spec = neuron_spec(model, layer=0)
+    request = EditRequest("The capital of France is", "Paris " * 20, case_id="long-one")
+    with pytest.raises(InputError, match="edit long-one .*longer than the model's context \\(16\\)"):
+        collect_weights(model, tokenizer, spec, [request], CONFIG, progress=False)
+
+
+@pytest.mark.parametrize("field, value", [("prompt", ""), ("target", "  ")])
+def test_empty_prompt_or_target_is_named(field, value):
+    kwargs = {"prompt": "The capital of France is", "target": "Paris", "case_id": "7", field: value}
+    with pytest.raises(InputError, match=f"edit '7': field '{field}' must be a non-empty string"):
+        EditRequest(**kwargs)
+
+
+def test_config_validation_and_presets():
+    with pytest.raises(InputError, match="CollectionConfig.lr"):
+        CollectionConfig(lr=-1)
+    with pytest.raises(InputError, match="unknown collection preset 'nope'"):
+        preset("nope")
+    assert preset("paper-gptj").schedule == "cosine"

@@ -1,0 +1,248 @@
+"""The conditional diffusion generator (meg.diffusion): sampler against a reference, invariants, a tiny fit."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from meg.diffusion import GeneratorConfig, NoiseSchedule, TrainingLog, WeightGenerator, train_generator
+from meg.diffusion.dit import DiT1D
+from meg.diffusion.mlp import ResidualMLP
+from meg.errors import InputError
+
+D, C = 65, 16  # a 65-dim vector is two 64-patches, the second padded with 63 zeros
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models are dominated by per-op overhead; one thread is faster and immune to a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _tiny(**overrides) -> GeneratorConfig:
+    base = dict(preset="tiny", lr=3e-3, batch_size=8, max_steps=300, eval_every=100, sampling_steps=10)
+    return GeneratorConfig(**{**base, **overrides})
+
+
+# --- (a) the DDIM loop against a reference written from the formulas ---
+
+
+def _stub_v(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """A fixed 'denoiser': a known function of x_t (B, D) and t (B,)."""
+    return torch.tanh(x) * (t.to(x.dtype)[:, None] / 1000) + 0.1 * torch.cos(x)
+
+
+def _reference_ddim(noise: torch.Tensor, steps: int, spacing: str, T: int = 1000) -> torch.Tensor:
+    """DDIM, eta = 0, v-prediction, in float64 from the definitions (Song et al. eq. 12)."""
+    betas = torch.linspace(1e-4, 0.02, T, dtype=torch.float64)
+    abar = torch.cumprod(1 - betas, 0)
+    if spacing == "trailing":
+        grid = [round(T - i * T / steps) - 1 for i in range(steps)]
+    else:  # leading
+        grid = [i * (T // steps) for i in range(steps)][::-1]
+    x = noise.double()
+    for i, t in enumerate(grid):
+        a_t, s_t = abar[t].sqrt(), (1 - abar[t]).sqrt()
+        ab_prev = abar[grid[i + 1]] if i + 1 < len(grid) else torch.tensor(1.0, dtype=torch.float64)
+        v = _stub_v(x, torch.full((x.shape[0],), t))
+        x0 = a_t * x - s_t * v
+        eps = a_t * v + s_t * x
+        x = ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps
+    return x
+
+
+@pytest.mark.parametrize("spacing", ["trailing", "leading"])
+@pytest.mark.parametrize("steps", [50, 4])
+def test_ddim_loop_matches_reference(steps, spacing):
+    noise = torch.randn(3, 37, generator=torch.Generator().manual_seed(0))
+    schedule = NoiseSchedule(timestep_spacing=spacing)
+    out = schedule.sample(_stub_v, noise, steps=steps)
+    torch.testing.assert_close(out.double(), _reference_ddim(noise, steps, spacing), atol=1e-5, rtol=1e-5)
+
+
+def test_trailing_grid_starts_at_the_last_timestep():
+    assert NoiseSchedule().timesteps(50)[0].item() == 999
+    assert NoiseSchedule().timesteps(50)[-1].item() == 19
+
+
+# --- (c) training targets ---
+
+
+def test_velocity_and_noising_follow_the_formulas():
+    schedule = NoiseSchedule()
+    g = torch.Generator().manual_seed(1)
+    x0, eps = torch.randn(5, 9, generator=g), torch.randn(5, 9, generator=g)
+    t = torch.tensor([0, 1, 250, 700, 999])
+    abar = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0)[t][:, None]
+    alpha, sigma = abar.sqrt(), (1 - abar).sqrt()
+    torch.testing.assert_close(schedule.velocity(x0, eps, t).double(), alpha * eps - sigma * x0, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(schedule.add_noise(x0, eps, t).double(), alpha * x0 + sigma * eps, atol=1e-5, rtol=1e-5)
+
+
+# --- (b) pinned numbers: a seeded tiny DiT, random weights, full sampling loop ---
+
+
+def _randomised(model: WeightGenerator, seed: int = 0) -> WeightGenerator:
+    """Replace every parameter (the zero-initialised ones too) by seeded noise, so the output depends on all of
+    them."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return model
+
+
+def test_pinned_sampling_values():
+    model = _randomised(WeightGenerator(_tiny(), D, C))
+    g = torch.Generator().manual_seed(0)
+    cond, noise = torch.randn(2, C, generator=g), torch.randn(2, D, generator=g)
+    z = model.normalize(model.sample(cond, steps=20, noise=noise))  # x100: diffusion space, values ~0.1-1
+    pinned = torch.tensor([[-0.446672, -0.663262, 0.243141], [-1.510653, 0.549064, -0.109253]])
+    torch.testing.assert_close(z[:, [0, 32, 64]], pinned, atol=1e-4, rtol=1e-4)
+
+
+# --- (d) determinism and independent rows ---
+
+
+def test_sampling_is_deterministic_and_rows_are_independent():
+    model = _randomised(WeightGenerator(_tiny(), D, C), seed=3)
+    cond = torch.randn(4, C, generator=torch.Generator().manual_seed(1))
+    a = model.sample(cond, steps=8, generator=torch.Generator().manual_seed(7))
+    b = model.sample(cond, steps=8, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(a, b)
+    noise = torch.randn(4, D, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(model.sample(cond, steps=8, noise=noise), a)  # the generator only draws x_T
+    for i in range(4):
+        alone = model.sample(cond[i : i + 1], steps=8, noise=noise[i : i + 1])
+        torch.testing.assert_close(alone, a[i : i + 1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("net", [DiT1D, ResidualMLP])
+def test_untrained_denoiser_predicts_zero(net):
+    """adaLN-Zero: every block starts as the identity and the output layer at zero."""
+    model = net(D, C, "tiny")
+    out = model(torch.randn(3, D), torch.tensor([0, 500, 999]), torch.randn(3, C))
+    assert out.shape == (3, D) and torch.equal(out, torch.zeros_like(out))
+
+
+# --- (e) + (h): a tiny generator fits 8 vectors, and +DA maps unrelated queries to ~0 ---
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(0)
+    vectors = torch.randn(8, D, generator=g) * 0.05  # |x| ~ 0.4, like a small model's neuron
+    conds, zero_conds = torch.randn(8, C, generator=g), torch.randn(16, C, generator=g)
+    # stop_threshold 0: the paper's absolute 0.5 would stop at once for vectors this short (|x| ~ 0.4)
+    model, log = train_generator(vectors, conds, _tiny(stop_threshold=0.0), zero_conds=zero_conds, progress=False)
+    return vectors, conds, zero_conds, model, log
+
+
+def test_tiny_generator_reproduces_its_training_vectors(fitted):
+    vectors, conds, _, model, log = fitted
+    out = model.sample(conds, generator=torch.Generator().manual_seed(0))
+    rel = (out - vectors).norm(dim=1) / vectors.norm(dim=1)
+    assert rel.mean() < 0.35, rel
+    assert log.losses[-1] < 0.5 * log.losses[0]
+    assert [e["step"] for e in log.evals] == [100, 200, 300] and log.stop_reason == "max_steps"
+
+
+def test_da_maps_zero_conditions_to_near_zero(fitted):
+    vectors, _, zero_conds, model, _ = fitted
+    out = model.sample(zero_conds, generator=torch.Generator().manual_seed(0))
+    assert out.norm(dim=1).mean() < 0.35 * vectors.norm(dim=1).mean()
+
+
+def test_training_stops_at_the_criterion():
+    g = torch.Generator().manual_seed(0)
+    vectors, conds = torch.randn(4, D, generator=g) * 0.05, torch.randn(4, C, generator=g)
+    _, log = train_generator(vectors, conds, _tiny(max_steps=200, eval_every=20, stop_threshold=10.0), progress=False)
+    assert log.stop_reason == "criterion" and log.steps == 20
+    assert TrainingLog.from_dict(json.loads(json.dumps(log.to_dict()))) == log
+
+
+# --- (f) save -> load ---
+
+
+def test_save_load_gives_identical_samples(tmp_path, fitted):
+    _, conds, _, model, _ = fitted
+    model.save(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["generator.safetensors", "generator_config.json"]
+    loaded = WeightGenerator.load(tmp_path)
+    assert loaded.config == model.config
+    a = model.sample(conds, steps=5, generator=torch.Generator().manual_seed(2))
+    b = loaded.sample(conds, steps=5, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(a, b)
+
+
+def test_standardize_stats_survive_save_load(tmp_path):
+    model = WeightGenerator(_tiny(normalization="standardize"), D, C)
+    model.fit_normalization(torch.randn(10, D) * torch.logspace(-3, 0, D))
+    model.save(tmp_path)
+    loaded = WeightGenerator.load(tmp_path)
+    assert torch.equal(loaded.norm_shift, model.norm_shift) and torch.equal(loaded.norm_scale, model.norm_scale)
+
+
+# --- (g) normalisations invert ---
+
+
+@pytest.mark.parametrize("normalization", ["scale", "standardize"])
+def test_normalizations_invert(normalization):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(32, D, generator=g) * torch.logspace(-3, 0, D) + torch.linspace(-1, 1, D)  # mixed scales
+    model = WeightGenerator(_tiny(normalization=normalization), D, C)
+    model.fit_normalization(x)
+    z = model.normalize(x)
+    torch.testing.assert_close(model.denormalize(z), x, atol=1e-7, rtol=1e-6)
+    if normalization == "standardize":
+        torch.testing.assert_close(z.mean(0), torch.zeros(D), atol=1e-3, rtol=0)  # float32 cancellation
+        torch.testing.assert_close(z.std(0, unbiased=False), torch.ones(D), atol=1e-4, rtol=0)
+    else:
+        torch.testing.assert_close(z, x / 0.01)
+
+
+# --- (i) configuration ---
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("architecture", "unet"),
+        ("preset", "huge"),
+        ("normalization", "minmax"),
+        ("lr", 0.0),
+        ("sampling_steps", 0),
+        ("sampling_steps", 1001),
+        ("zero_fraction", 1.0),
+        ("stop_metric", "l1"),
+        ("timestep_spacing", "cosine"),
+        ("batch_size", 0),
+        ("beta_end", 1e-5),
+    ],
+)
+def test_config_errors_are_one_line_naming_the_field(field, value):
+    with pytest.raises(InputError) as err:
+        GeneratorConfig(**{field: value})
+    message = str(err.value)
+    assert f"GeneratorConfig.{field}" in message and "\n" not in message
+
+
+def test_config_round_trips_through_json_and_rejects_unknown_fields():
+    config = GeneratorConfig(architecture="mlp", preset="tiny", normalization="standardize", max_seconds=5.0)
+    assert GeneratorConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    with pytest.raises(InputError, match="unknown GeneratorConfig fields: bogus"):
+        GeneratorConfig.from_dict({"bogus": 1})
+
+
+def test_shape_errors_name_the_expected_shape():
+    model = WeightGenerator(_tiny(), D, C)
+    with pytest.raises(InputError, match=rf"cond must have shape \(B, {C}\)"):
+        model.sample(torch.randn(2, C + 1))
+    with pytest.raises(InputError, match="vectors"):
+        train_generator(torch.randn(3, D), torch.randn(4, C), _tiny(), progress=False)
