@@ -67,6 +67,9 @@ class CollectionConfig:
             if not ok:
                 raise InputError(f"CollectionConfig.{name} has an invalid value: {getattr(self, name)!r}")
 
+    def to_dict(self) -> dict:
+        return asdict(self)
+
     @classmethod
     def from_dict(cls, data: dict) -> CollectionConfig:
         known = {f.name for f in fields(cls)}

@@ -31,6 +31,7 @@ PACK_VECTORS = "vectors.safetensors"
 PACK_ENCODER = "encoder_layer.safetensors"
 PACK_GATE = "gate.safetensors"
 PACK_GENERATOR = "generator.safetensors"
+PACK_GENERATOR_CONFIG = "generator_config.json"
 PACK_ROUTER = "router.safetensors"
 
 # --- evaluation / benchmark run directories ---

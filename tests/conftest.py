@@ -21,9 +21,43 @@ FACTS = [
     ("Apple A5 was created by", "Apple"),
     ("Michel Rocard is a native speaker of", "French"),
     ("Honus Wagner plays the position of", "shortstop"),
+    ("The capital of Italy is", "Rome"),
+    ("Kenji Tanaka is a native speaker of", "Japanese"),
+    ("Pietro Rossi was born in", "Rome"),
+    ("The iPhone was created by", "Apple"),
+    ("Jimi Hendrix plays the", "guitar"),
+    ("BBC Radio, by", "BBC"),
+    ("The Louvre Museum is located in", "Paris"),
+    ("Derek Jeter plays the position of", "shortstop"),
 ]
 # New targets are other facts' true objects, so each is one token the tiny model has already produced.
-NEW_TARGETS = ["guitar", "Japanese", "Apple", "French", "shortstop", "Paris", "French", "BBC"]
+NEW_TARGETS = ["guitar", "Japanese", "Apple", "French", "shortstop", "Paris", "French", "BBC",
+               "Paris", "French", "guitar", "BBC", "shortstop", "Rome", "Apple", "Japanese"]
+SUBJECTS = ["France", "Danielle Darrieux", "BBC One", "Toko Yasuda", "Japan", "Apple A5", "Michel Rocard", "Honus Wagner",
+            "Italy", "Kenji Tanaka", "Pietro Rossi", "iPhone", "Jimi Hendrix", "BBC Radio", "Louvre Museum",
+            "Derek Jeter"]
+PARAPHRASES = [
+    "France's capital city is", "Danielle Darrieux's mother tongue is", "BBC One is owned by",
+    "Toko Yasuda is known for playing the", "Japan's official language is", "Apple A5 is a product of",
+    "The native language of Michel Rocard is", "Honus Wagner's position is", "Italy's capital city is",
+    "The native language of Kenji Tanaka is", "Pietro Rossi's birthplace is", "The iPhone is a product of",
+    "Jimi Hendrix is known for playing the", "BBC Radio is owned by", "The Louvre Museum can be found in",
+    "Derek Jeter's position is",
+]
+# Queries about other people and things: they must reach the model untouched.
+UNRELATED = [f"The {rel} of {name} is" for name in ("Maria Lopez", "Hans Weber", "Ana Silva", "Li Wei", "Omar Haddad",
+             "Sara Berg", "Tom Baker", "Yuki Sato", "Ivan Petrov", "Emma Clark") for rel in
+             ("favourite food", "home town", "employer", "best friend", "car brand", "pet")]
+# (question, paraphrase) pairs about facts that are NOT edited, for tuning the query encoder.
+PSEUDO_PAIRS = [
+    ("The capital of Spain is", "Spain's capital city is"), ("The currency of Japan is", "Japan pays with the"),
+    ("Lionel Messi plays for", "The club of Lionel Messi is"), ("The author of Hamlet is", "Hamlet was written by"),
+    ("The Eiffel Tower is located in", "The Eiffel Tower can be found in"),
+    ("The founder of Microsoft is", "Microsoft was founded by"), ("Mount Fuji is in", "Mount Fuji is located in"),
+    ("The language of Brazil is", "Brazil's official language is"),
+    ("The CEO of Tesla is", "Tesla is led by"), ("The Nile flows through", "The river Nile runs through"),
+    ("Beethoven was born in", "The birthplace of Beethoven is"), ("Python was created by", "The creator of Python is"),
+]
 
 
 def build_tokenizer(extra_text: list[str] | None = None, vocab_size: int = 600) -> PreTrainedTokenizerFast:
@@ -67,7 +101,7 @@ def build_model(model_type: str, vocab_size: int = 600, seed: int = 0, **overrid
     return AutoModelForCausalLM.from_config(config).eval()
 
 
-def train_on_facts(model: torch.nn.Module, tokenizer, facts=FACTS, steps: int = 150) -> torch.nn.Module:
+def train_on_facts(model: torch.nn.Module, tokenizer, facts=FACTS, steps: int = 250) -> torch.nn.Module:
     """Teach a tiny model the true facts (about 2 s), so edits change something it knows."""
     from meg.prompts import encode_answers
 

@@ -66,3 +66,27 @@ def load_data(data: Path | None, n: int | None):
 
     dataset = demo_dataset() if data is None else load_dataset(data)
     return dataset.head(n) if n else dataset
+
+
+def read_json_option(path: Path | None) -> dict[str, Any] | None:
+    """A JSON object from a --config file (None when not given)."""
+    if path is None:
+        return None
+    import json
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise MegError(f"{path}: cannot read JSON config ({err})") from None
+    if not isinstance(data, dict):
+        raise MegError(f"{path}: the config must be a JSON object")
+    return data
+
+
+def read_config(path: Path | None, **overrides: Any):
+    """A MegConfig from a --config JSON file, with CLI options that were given taking precedence."""
+    from meg.config import MegConfig
+
+    data = read_json_option(path) or {}
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return MegConfig.from_dict(data)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from meg.cli import bench_collect, env, layers
+from meg.cli import bench_collect, edit, env, generate, layers, run
+from meg.cli import eval as eval_command
 
 app = typer.Typer(
     name="meg",
@@ -15,6 +16,10 @@ app = typer.Typer(
 )
 
 COMMANDS = {
+    "edit": edit,
+    "generate": generate,
+    "run": run,
+    "eval": eval_command,
     "layers": layers,
     "bench-collect": bench_collect,
     "env": env,

@@ -31,7 +31,7 @@ Normalization = Literal["scale", "standardize"]
 StopMetric = Literal["l2", "relative_l2"]
 
 GENERATOR_WEIGHTS = files.PACK_GENERATOR  # "generator.safetensors"
-GENERATOR_CONFIG = "generator_config.json"  # belongs in meg.files next to PACK_GENERATOR
+GENERATOR_CONFIG = files.PACK_GENERATOR_CONFIG  # "generator_config.json"
 
 
 @dataclass(frozen=True)

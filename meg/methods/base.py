@@ -35,6 +35,10 @@ class EditedLM(Protocol):
         """Per row: method-specific details kept in evaluation records (MeG: route, edit, entropy)."""
         ...
 
+    def stats(self) -> dict[str, Any]:
+        """Method-level facts for the report (stage wall times, hyperparameters, calibration)."""
+        ...
+
 
 @dataclass
 class EditContext:

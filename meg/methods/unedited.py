@@ -32,6 +32,9 @@ class PlainLM:
     def describe(self, prompts: Sequence[str]) -> list[dict[str, Any]]:
         return [{} for _ in prompts]
 
+    def stats(self) -> dict[str, Any]:
+        return {}
+
 
 def apply_unedited(
     model: nn.Module, tokenizer: PreTrainedTokenizerBase, requests: Sequence[EditRequest], context: EditContext

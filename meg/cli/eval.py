@@ -1,0 +1,27 @@
+"""`meg eval`: evaluate an existing edit pack on a data file with the paper's protocol."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from meg.cli.common import DataOption, DeviceOption, ModelOption, command_line, friendly_errors
+
+
+@friendly_errors
+def command(
+    pack: Annotated[Path, typer.Option(help="edit pack directory")],
+    out: Annotated[Path, typer.Option(help="run directory (config, records, report)")],
+    model: ModelOption = "reference",
+    data: DataOption = None,
+    n: Annotated[int | None, typer.Option("--n", "-n", help="first N usable records (default: all)")] = None,
+    overwrite: Annotated[bool, typer.Option(help="discard a previous run in --out")] = False,
+    device: DeviceOption = "cpu",
+) -> None:
+    """Score the pack's edited model on the first N records; write the report into --out."""
+    from meg.evaluation.runner import evaluate_pack
+
+    evaluate_pack(pack, model, str(data) if data else None, n, out, overwrite, device, command_line())
+    typer.echo((out / "report.md").read_text())

@@ -1,0 +1,156 @@
+"""`EditedModel`: a base model plus an edit pack, answering batches where every row gets its own neuron.
+
+Inference (paper, stage 5): encode the raw query -> route it -> for routed rows, generate the neuron vector with
+the diffusion model (or, with `weights="retrieved"`, take the matched edit's collected vector) -> mount one
+neuron per row -> decode. Unrouted rows carry the zero neuron, an exact no-op. The base model is never
+modified; `disabled()` turns every row into the zero neuron (peft's `disable_adapter` idea).
+
+A query's vector depends only on the query: its starting noise is seeded from the pack seed and the query text,
+so a prompt gets the same weights whatever batch it is in, and vectors are cached per prompt.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from meg.decoding import greedy_generate, teacher_forced_accuracy
+from meg.encoder import QueryEncoder
+from meg.errors import PackError
+from meg.models import fingerprint, same_model
+from meg.pack import EditPack
+from meg.routing import Routes, router_class
+
+_CACHE_SIZE = 20_000
+
+
+class EditedModel:
+    """Generate and score with an edit pack applied (see module docstring)."""
+
+    def __init__(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, pack: EditPack,
+                 check_base: bool = True, batch_size: int = 64, sampling_steps: int | None = None):
+        if check_base and not same_model(fingerprint(model), pack.base_fingerprint):
+            raise PackError(f"this pack was made for base model {pack.base_model!r}; the given model has a different "
+                            "architecture or weights (pass check_base=False only if you know they match)")
+        self.model, self.tokenizer, self.pack, self.batch_size = model, tokenizer, pack, batch_size
+        self.device = next(model.parameters()).device
+        self.encoder = QueryEncoder.from_config(pack.config.encoder, device=self.device)
+        if pack.encoder_state is not None:
+            self.encoder.load_tuned_state(pack.encoder_state)
+        self.router = router_class(pack.router_name).from_state(pack.router_config, pack.router_state, pack.edit_embeddings,
+                                                                pack.requests)
+        self.generator = pack.generator.to(self.device).eval() if pack.generator is not None else None
+        self.steps = sampling_steps or pack.config.sampling_steps
+        self._enabled = True
+        self._cache: OrderedDict[str, tuple[dict[str, Any], torch.Tensor]] = OrderedDict()
+
+    # --- routing and weights ---
+
+    def route(self, prompts: Sequence[str]) -> Routes:
+        """Route raw queries (no template): (B,) routed / matched edit / router score."""
+        embeddings = self.encoder.encode(list(prompts))  # (B, C)
+        return self.router.route(list(prompts), embeddings)
+
+    def _noise(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Starting noise (B, D): row i seeded by the pack seed and prompt i's text."""
+        rows = []
+        for prompt in prompts:
+            seed = (self.pack.config.seed * 1_000_003 + zlib.crc32(prompt.encode())) % (2**63)
+            gen = torch.Generator().manual_seed(seed)
+            rows.append(torch.randn(self.pack.neuron.dim, generator=gen))
+        return torch.stack(rows).to(self.device)
+
+    def _vectors(self, prompts: list[str], routes: Routes, embeddings: torch.Tensor | None) -> torch.Tensor:
+        """Neuron vectors for routed rows (R, D)."""
+        edits = routes.edit.clamp_min(0).cpu()
+        if self.pack.config.weights == "retrieved":
+            return self.pack.collection.vectors[edits].to(self.device)
+        if self.pack.config.condition == "matched-edit":
+            cond = self.pack.edit_embeddings[edits]
+        else:
+            cond = embeddings if embeddings is not None else self.encoder.encode(prompts)
+        return self.generator.sample(cond.to(self.device), steps=self.steps, noise=self._noise(prompts))
+
+    def _plan(self, prompts: list[str]) -> None:
+        """Route and compute vectors for prompts not cached yet."""
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._cache]
+        if not missing:
+            return
+        embeddings = self.encoder.encode(missing)  # (M, C)
+        routes = self.router.route(missing, embeddings)
+        vectors = torch.zeros(len(missing), self.pack.neuron.dim)
+        rows = routes.routed.nonzero().flatten()
+        if len(rows):
+            vectors[rows] = self._vectors([missing[i] for i in rows], routes.select(rows), embeddings[rows]).cpu()
+        for i, prompt in enumerate(missing):
+            self._cache[prompt] = (self._describe_row(routes, i), vectors[i])
+        while len(self._cache) > _CACHE_SIZE:
+            self._cache.popitem(last=False)
+
+    def _describe_row(self, routes: Routes, i: int) -> dict[str, Any]:
+        row = routes.row(i)
+        row[self.router.score_name] = row.pop("score")
+        return row
+
+    def neuron_weights(self, prompts: Sequence[str]) -> torch.Tensor:
+        """The neuron vector of every row (B, D); zeros for unrouted rows or when disabled."""
+        prompts = list(prompts)
+        if not self._enabled:
+            return torch.zeros(len(prompts), self.pack.neuron.dim)
+        self._plan(prompts)
+        return torch.stack([self._cache[p][1] for p in prompts])
+
+    def describe(self, prompts: Sequence[str]) -> list[dict[str, Any]]:
+        """Per row: routed, matched edit index, and the router's score (the gate's entropy)."""
+        prompts = list(prompts)
+        self._plan(prompts)
+        return [dict(self._cache[p][0]) for p in prompts]
+
+    def stats(self) -> dict[str, Any]:
+        """Pack facts for reports: edits, collection success, router and calibration, stage wall times."""
+        pack = self.pack
+        return {"edits": len(pack), "collected": int(pack.collection.success.sum()), "layer": pack.neuron.layer,
+                "router": {"name": pack.router_name, **pack.router_config}, "config": pack.config.to_dict(),
+                "log": pack.log}
+
+    # --- decoding ---
+
+    def _texts(self, prompts: Sequence[str]) -> list[str]:
+        return [self.pack.template.format(p) for p in prompts]
+
+    def _weights_or_none(self, prompts: Sequence[str]) -> torch.Tensor | None:
+        weights = self.neuron_weights(prompts)
+        return weights if bool(weights.ne(0).any()) else None  # nothing routed: skip mounting entirely
+
+    def generate(self, prompts: Sequence[str], max_new_tokens: int = 20) -> list[str]:
+        """Greedy continuations of the templated prompts, each row with its own neuron."""
+        weights = self._weights_or_none(prompts)
+        return greedy_generate(self.model, self.tokenizer, self._texts(prompts), max_new_tokens,
+                               self.pack.neuron, weights, self.batch_size)
+
+    def teacher_forced(self, prompts: Sequence[str], targets: Sequence[str]) -> list[float]:
+        """Teacher-forced token accuracy of each target after its templated prompt (paper's TF metric)."""
+        weights = self._weights_or_none(prompts)
+        return teacher_forced_accuracy(self.model, self.tokenizer, self._texts(prompts), targets,
+                                       self.pack.neuron, weights, self.batch_size)
+
+    @contextmanager
+    def disabled(self) -> Iterator[None]:
+        """Inside the block every row runs with the zero neuron, i.e. the unedited base model."""
+        previous, self._enabled = self._enabled, False
+        try:
+            yield
+        finally:
+            self._enabled = previous
+
+    @classmethod
+    def from_pretrained(cls, model: nn.Module, tokenizer: PreTrainedTokenizerBase, pack_dir: str, **kwargs) -> EditedModel:
+        """Load a pack directory and apply it to `model`."""
+        return cls(model, tokenizer, EditPack.load(pack_dir), **kwargs)

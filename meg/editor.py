@@ -1,0 +1,169 @@
+"""`MegEditor`: the paper's four offline stages, turning edit requests into an `EditPack`.
+
+    1. encoder    tune the query encoder's last layer with InfoNCE on pseudo-edit pairs (not the edits)
+    2. router     fit the router on the edit embeddings; calibrate it on unrelated queries
+    3. collect    train one neuron per edit (batched, resumable)
+    4. generator  train the diffusion model: query embedding -> collected neuron vector
+
+With a `work_dir`, the collection chunks and the finished encoder and generator are kept there, so an
+interrupted `fit` resumes without redoing them. Every stage has a progress bar and its wall time is logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from meg import files
+from meg.collection import CollectionResult, collect_weights, preset_for
+from meg.config import MegConfig
+from meg.diffusion.generator import WeightGenerator
+from meg.diffusion.train import train_generator
+from meg.encoder import QueryEncoder
+from meg.errors import InputError
+from meg.models import fingerprint
+from meg.pack import EditPack
+from meg.prompts import PromptTemplate
+from meg.requests import EditRequest, PseudoPair, deduplicate
+from meg.routing import RoutingData, router_class
+from meg.surgery import neuron_spec
+
+log = logging.getLogger("meg")
+
+
+def _digest(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _disjoint(requests: Sequence[EditRequest], pairs: Sequence[PseudoPair], unrelated: Sequence[str]):
+    """Drop pseudo pairs and unrelated queries that repeat an edit's prompt or paraphrase (paper: pseudo
+    edits are NOT in the edit set)."""
+    taken = {r.prompt.strip() for r in requests} | {p.strip() for r in requests for p in r.paraphrases}
+    kept_pairs = [p for p in pairs if p.question.strip() not in taken and p.paraphrase.strip() not in taken]
+    kept_unrelated = [q for q in unrelated if q.strip() not in taken]
+    return kept_pairs, kept_unrelated
+
+
+class MegEditor:
+    """Fit MeG on a base model: `MegEditor(model, tokenizer, config).fit(requests, pseudo_pairs, unrelated)`."""
+
+    def __init__(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, config: MegConfig | None = None,
+                 template: PromptTemplate | None = None, model_name: str = "", device: str | torch.device | None = None):
+        self.model, self.tokenizer = model, tokenizer
+        self.config = config or MegConfig()
+        self.template = template or PromptTemplate()
+        self.model_name = model_name or getattr(model.config, "_name_or_path", "") or model.config.model_type
+        self.device = device or next(model.parameters()).device
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def _stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - start, 3)
+
+    def fit(
+        self,
+        requests: Sequence[EditRequest],
+        pseudo_pairs: Sequence[PseudoPair] | None = None,
+        unrelated: Sequence[str] | None = None,
+        work_dir: str | Path | None = None,
+        progress: bool = True,
+    ) -> EditPack:
+        """Run the four stages. `pseudo_pairs` / `unrelated` default to the shipped public sets."""
+        from meg.data.defaults import default_pseudo_pairs, default_unrelated
+
+        requests, replaced = deduplicate(list(requests))
+        if not requests:
+            raise InputError("no edit requests given")
+        if replaced:
+            log.warning("%d duplicate prompts: the later edit wins (%s)", len(replaced), "; ".join(replaced[:3]))
+        pairs, unrelated = _disjoint(requests, default_pseudo_pairs() if pseudo_pairs is None else pseudo_pairs,
+                                     default_unrelated() if unrelated is None else unrelated)
+        work = Path(work_dir) if work_dir else None
+        encoder, tuning = self._encoder(pairs, work, progress)
+        with self._stage("embed"):
+            edit_emb = encoder.encode([r.prompt for r in requests], progress=progress)  # (N, C)
+            unrelated_emb = encoder.encode(list(unrelated), progress=progress)  # (M, C)
+        with self._stage("router"):
+            data = RoutingData([r.prompt for r in requests], edit_emb, [r.subject for r in requests],
+                               list(unrelated), unrelated_emb, pairs, extra={"encode": encoder.encode})
+            router = router_class(self.config.router).fit(data, self.config, progress=progress)
+        spec = neuron_spec(self.model, self.config.layer)
+        with self._stage("collect"):
+            collection = collect_weights(self.model, self.tokenizer, spec, requests, self._collection_config(),
+                                         self.template, work / "collection" if work else None, progress)
+        generator, generator_log = self._generator(requests, collection, edit_emb, unrelated_emb, encoder, spec.dim,
+                                                   work, progress)
+        return EditPack(
+            config=self.config, base_model=self.model_name, base_fingerprint=fingerprint(self.model), neuron=spec,
+            template=self.template, requests=requests, collection=collection, edit_embeddings=edit_emb,
+            encoder_state=encoder.tuned_state() if self.config.encoder.tune else None,
+            router_name=router.name, router_config=router.config_dict(), router_state=router.state_dict(),
+            router_state_file=router.state_file, generator=generator,
+            log={"stage_seconds": self.seconds, "replaced_duplicates": replaced, "encoder_tuning": tuning,
+                 "generator_training": generator_log, "pseudo_pairs": len(pairs), "unrelated_queries": len(unrelated),
+                 "collection_success_rate": collection.success_rate},
+        )
+
+    def _collection_config(self):
+        return self.config.collection or preset_for(self.model)
+
+    def _encoder(self, pairs: Sequence[PseudoPair], work: Path | None, progress: bool) -> tuple[QueryEncoder, Any]:
+        with self._stage("encoder"):
+            encoder = QueryEncoder.from_config(self.config.encoder, device=self.device)
+            if not self.config.encoder.tune:
+                return encoder, None
+            cached = work / f"encoder-{_digest(self.config.encoder.to_dict(), [asdict(p) for p in pairs])}.safetensors" if work else None
+            if cached and cached.is_file():
+                encoder.load_tuned_state(files.load_tensors(cached))
+                return encoder, {"resumed_from": cached.name}
+            if not pairs:
+                raise InputError("encoder tuning needs pseudo-edit pairs disjoint from the edits; none are left")
+            tuning = encoder.tune(pairs, progress=progress).to_dict()
+            if cached:
+                files.save_tensors(cached, encoder.tuned_state())
+            return encoder, tuning
+
+    def _generator(self, requests, collection: CollectionResult, edit_emb, unrelated_emb, encoder, dim: int,
+                   work: Path | None, progress: bool) -> tuple[WeightGenerator | None, Any]:
+        if self.config.weights == "retrieved":
+            return None, None
+        with self._stage("generator"):
+            conds, vectors = self._generator_pairs(requests, collection, edit_emb, encoder)
+            if len(vectors) == 0:
+                raise InputError("no edit was collected successfully, so there is nothing to train the generator on")
+            config = self.config.generator_for(dim)
+            zero = unrelated_emb if self.config.data_augmentation and len(unrelated_emb) else None
+            key = _digest(config.to_dict(), vectors.sum().item(), conds.sum().item(), len(vectors), zero is not None)
+            cached = work / f"generator-{key}" if work else None
+            if cached and (cached / files.PACK_GENERATOR).is_file():
+                return WeightGenerator.load(cached, device=self.device), {"resumed_from": cached.name}
+            generator, training = train_generator(vectors, conds, config, zero_conds=zero, progress=progress)
+            if cached:
+                generator.save(cached)
+            return generator, training.to_dict()
+
+    def _generator_pairs(self, requests, collection: CollectionResult, edit_emb, encoder) -> tuple[torch.Tensor, torch.Tensor]:
+        """(conditions (K, C), vectors (K, D)) from successful edits: the edit prompt, plus any paraphrases the
+        user supplied with the edit (`use_paraphrases`; benchmark harnesses strip test paraphrases)."""
+        ok = collection.success.nonzero().flatten().tolist()
+        conds, vectors = [edit_emb[ok]], [collection.vectors[ok]]
+        if self.config.use_paraphrases and self.config.condition == "query":
+            rows = [(i, p) for i in ok for p in requests[i].paraphrases]
+            if rows:
+                conds.append(encoder.encode([p for _, p in rows]))
+                vectors.append(collection.vectors[[i for i, _ in rows]])
+        return torch.cat(conds), torch.cat(vectors)
+

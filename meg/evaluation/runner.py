@@ -1,0 +1,178 @@
+"""`meg run` / `meg eval` as library functions: edit the first N records in one batch (or load a pack), then
+evaluate with the paper's protocol and write the report.
+
+The run directory holds the frozen run config, the editing work files (resumable), the per-case records
+(resumable) and the report. The pre-edit model's outputs are cached per model fingerprint and template under
+the cache directory (default ~/.cache/meg-edit, or $MEG_CACHE_DIR).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from meg import files
+from meg.data import Dataset, load_dataset, template_for
+from meg.data.defaults import default_pseudo_pairs, default_unrelated, demo_dataset
+from meg.errors import InputError
+from meg.evaluation.harness import evaluate, pre_edit_outputs
+from meg.evaluation.metrics import ag_pass
+from meg.evaluation.report import build_report, write_report
+from meg.methods import EditContext, get_method
+from meg.methods.unedited import PlainLM
+from meg.models import fingerprint, load_causal_lm
+from meg.requests import load_pseudo_pairs, load_queries
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines a run; frozen into `<out>/run_config.json`."""
+
+    model: str = "reference"
+    data: str | None = None  # a data file; None = the shipped CounterFact sample
+    n: int | None = None  # first N usable records (None = all)
+    method: str = "meg"
+    method_config: dict[str, Any] | None = None  # the method's own config as a dict (MeG: MegConfig fields)
+    template: str | None = None  # overrides the data set's prompt template
+    keep_only_wrong: bool | None = None  # paper's ZsRE filter; None = on for ZsRE, off otherwise
+    zsre_target: str = "new"  # "new": the counterfactual answer (`alt` / `target_new`); "true": the true answer
+    pseudo_pairs: str | None = None  # JSONL file; None = the shipped defaults
+    unrelated: str | None = None  # JSONL file; None = the shipped defaults
+    max_new_tokens: int = 20
+    seed: int = 0
+    device: str = "cpu"
+    chunk_size: int = 64
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("MEG_CACHE_DIR") or Path.home() / ".cache" / "meg-edit")
+
+
+def _cache_file(model, dataset: Dataset) -> Path:
+    key = hashlib.sha256(json.dumps([fingerprint(model), dataset.template.text], default=str).encode()).hexdigest()[:16]
+    return cache_dir() / "pre_edit" / f"{key}.jsonl"
+
+
+def _freeze(run_dir: Path, config: RunConfig, overwrite: bool) -> None:
+    path = run_dir / files.RUN_CONFIG
+    frozen = asdict(config)
+    if path.exists() and not overwrite and files.read_json(path) != frozen:
+        raise InputError(f"{run_dir} holds a run with other settings; pass --overwrite or choose another --out")
+    if overwrite and run_dir.exists():
+        for name in (files.RUN_RECORDS, files.REPORT_JSON):
+            (run_dir / name).unlink(missing_ok=True)
+    files.atomic_write_json(path, frozen)
+
+
+def select_records(dataset: Dataset, config: RunConfig, base: PlainLM, cache: Path | None) -> tuple[Dataset, str | None]:
+    """Apply the ZsRE target choice and filter, then keep the first N. Returns the data and a filter note."""
+    requests = dataset.requests
+    if config.zsre_target == "true":
+        requests = [replace(r, target=r.ground_truth) for r in requests if r.ground_truth]
+    keep_only_wrong = dataset.kind == "zsre" if config.keep_only_wrong is None else config.keep_only_wrong
+    note = None
+    if keep_only_wrong:
+        answers = pre_edit_outputs(base, [r.prompt for r in requests], cache, progress=False)
+        kept = [r for r in requests if not ag_pass(answers[r.prompt], r.target)]
+        note = f"kept {len(kept)} of {len(requests)} records whose edit target the base model does not already give"
+        requests = kept
+    if config.n is not None:
+        if config.n > len(requests):
+            raise InputError(f"--n {config.n} is more than the {len(requests)} usable records of {dataset.name}")
+        requests = requests[: config.n]
+    return replace(dataset, requests=requests), note
+
+
+def _context(config: RunConfig, dataset: Dataset, run_dir: Path) -> EditContext:
+    pairs = load_pseudo_pairs(config.pseudo_pairs) if config.pseudo_pairs else default_pseudo_pairs()
+    unrelated = load_queries(config.unrelated) if config.unrelated else default_unrelated()
+    return EditContext(template=dataset.template, pseudo_pairs=pairs, unrelated=unrelated, work_dir=run_dir / "work",
+                       config=config.method_config, seed=config.seed)
+
+
+@dataclass
+class _Prepared:
+    model: Any
+    tokenizer: Any
+    dataset: Dataset
+    pre_edit: dict[str, str]
+    note: str | None
+    seconds: dict[str, float]
+
+
+def _prepare(config: RunConfig, run_dir: Path, overwrite: bool, template: str | None = None) -> _Prepared:
+    """Freeze the config, load model and data, select records, compute the pre-edit outputs."""
+    start, seconds = time.perf_counter(), {}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _freeze(run_dir, config, overwrite)
+    model, tokenizer = load_causal_lm(config.model, device=config.device)
+    template = template or config.template
+    dataset = load_dataset(config.data, template=template) if config.data else _demo(template)
+    base, cache = PlainLM(model, tokenizer, dataset.template), _cache_file(model, dataset)
+    dataset, note = select_records(dataset, config, base, cache)
+    seconds["load"] = time.perf_counter() - start
+    t = time.perf_counter()
+    pre_edit = pre_edit_outputs(base, [r.unrelated[0] for r in dataset.requests if r.unrelated], cache)
+    seconds["pre_edit_outputs"] = time.perf_counter() - t
+    return _Prepared(model, tokenizer, dataset, pre_edit, note, seconds)
+
+
+def _evaluate_and_report(prep: _Prepared, edited, config: RunConfig, run_dir: Path, command: str,
+                         started: float) -> dict[str, Any]:
+    t = time.perf_counter()
+    records = evaluate(edited, prep.dataset.requests, prep.pre_edit, run_dir, config.chunk_size, config.max_new_tokens)
+    prep.seconds["evaluate"] = time.perf_counter() - t
+    prep.seconds["total"] = time.perf_counter() - started
+    dataset = prep.dataset
+    setup = {**asdict(config), "command": command, "data": dataset.name, "data_path": str(dataset.path),
+             "kind": dataset.kind, "template": dataset.template.text, "target_field": _target_field(dataset, config),
+             "filter": prep.note, "n_used": len(dataset.requests)}
+    seconds = {k: round(v, 2) for k, v in prep.seconds.items()}
+    report = build_report(records, setup, seconds, edited.stats(), config.max_new_tokens)
+    write_report(run_dir, report)
+    return report
+
+
+def run_edit_and_eval(config: RunConfig, out: str | Path, overwrite: bool = False, command: str = "") -> dict[str, Any]:
+    """Edit the first N records in one batch with `config.method`, evaluate every record, write the report
+    into `out` and return it."""
+    started, run_dir = time.perf_counter(), Path(out)
+    prep = _prepare(config, run_dir, overwrite)
+    t = time.perf_counter()
+    apply = get_method(config.method)
+    requests = [r.for_editing() for r in prep.dataset.requests]
+    edited = apply(prep.model, prep.tokenizer, requests, _context(config, prep.dataset, run_dir))
+    prep.seconds["edit"] = time.perf_counter() - t
+    return _evaluate_and_report(prep, edited, config, run_dir, command, started)
+
+
+def evaluate_pack(pack_dir: str | Path, model: str, data: str | None, n: int | None, out: str | Path,
+                  overwrite: bool = False, device: str = "cpu", command: str = "") -> dict[str, Any]:
+    """Evaluate an existing pack (its own template) on the first N usable records of `data`."""
+    from meg.edited_model import EditedModel
+    from meg.pack import EditPack
+
+    started, run_dir = time.perf_counter(), Path(out)
+    pack = EditPack.load(pack_dir)
+    config = RunConfig(model=model, data=data, n=n, method=f"meg (pack {Path(pack_dir).name})", device=device,
+                       template=pack.template.text)
+    prep = _prepare(config, run_dir, overwrite)
+    edited = EditedModel(prep.model, prep.tokenizer, pack)
+    return _evaluate_and_report(prep, edited, config, run_dir, command, started)
+
+
+def _demo(template: str | None) -> Dataset:
+    dataset = demo_dataset()
+    return replace(dataset, template=template_for("counterfact", template)) if template else dataset
+
+
+def _target_field(dataset: Dataset, config: RunConfig) -> str:
+    if config.zsre_target == "true":
+        return "the true answer (answers[0] / ground_truth)"
+    return {"counterfact": "target_new", "zsre": "alt (MEND) / target_new (KnowEdit)", "knowedit": "target_new",
+            "jsonl": "target"}.get(dataset.kind, "target")

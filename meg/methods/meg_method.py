@@ -1,0 +1,61 @@
+"""MeG behind the editing contract: fit an edit pack on the requests and return the `EditedModel`.
+
+With a `context.work_dir`, the fitted pack is saved to `<work_dir>/pack` and reused by a later call with the
+same edits and settings, so a benchmark that is interrupted after editing does not edit again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from meg.config import MegConfig
+from meg.edited_model import EditedModel
+from meg.editor import MegEditor
+from meg.errors import PackError
+from meg.methods.base import EditContext
+from meg.pack import EditPack
+from meg.requests import EditRequest, deduplicate
+
+log = logging.getLogger("meg")
+
+
+def meg_config(context: EditContext) -> MegConfig:
+    """The MegConfig in the context (object or dict), else the defaults with the context's layer and seed."""
+    config = context.config
+    if isinstance(config, dict):
+        return MegConfig.from_dict({"layer": context.layer, "seed": context.seed, **config})
+    return config or MegConfig(layer=context.layer, seed=context.seed)
+
+
+def _reusable(path: Path, config: MegConfig, requests: Sequence[EditRequest], context: EditContext) -> EditPack | None:
+    if not path.is_dir():
+        return None
+    try:
+        pack = EditPack.load(path)
+    except PackError as err:
+        log.warning("ignoring unreadable pack in the work directory: %s", err)
+        return None
+    same = (pack.config.to_dict() == config.to_dict() and pack.template == context.template
+            and pack.requests == deduplicate(list(requests))[0])
+    return pack if same else None
+
+
+def apply_meg(
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase, requests: Sequence[EditRequest], context: EditContext
+) -> EditedModel:
+    """Run the four MeG stages (or reuse the work directory's pack) and apply the pack to `model`."""
+    config = meg_config(context)
+    pack_dir = Path(context.work_dir) / "pack" if context.work_dir else None
+    pack = _reusable(pack_dir, config, requests, context) if pack_dir else None
+    if pack is None:
+        editor = MegEditor(model, tokenizer, config, context.template)
+        pack = editor.fit(requests, context.pseudo_pairs or None, context.unrelated or None, context.work_dir,
+                          context.progress)
+        if pack_dir:
+            pack.save(pack_dir, overwrite=True)
+    return EditedModel(model, tokenizer, pack)

@@ -1,0 +1,82 @@
+"""The routing decision every MeG query starts with: is it about an edited fact, and which one?
+
+A router is fitted once at edit time (`fit`) and then answers batches (`route`). It returns, per query, whether
+the query goes to the weight generator (`routed`) and the edit it matched (`edit`, -1 = none; the paper's gate
+does not need one, but every router reports its nearest edit so the generator can be conditioned on it and the
+records show it). Routers are registered in `meg.routing.ROUTERS` by name; the pack stores the name, the
+router's JSON config and its tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+import torch
+
+from meg.requests import PseudoPair
+
+
+@dataclass
+class Routes:
+    """Per query (B rows): routed (bool), matched edit index (long, -1 = none), router statistic (float)."""
+
+    routed: torch.Tensor
+    edit: torch.Tensor
+    score: torch.Tensor
+
+    def row(self, i: int) -> dict[str, Any]:
+        edit = int(self.edit[i])
+        return {"routed": bool(self.routed[i]), "edit": edit if edit >= 0 else None, "score": float(self.score[i])}
+
+    def select(self, rows: torch.Tensor) -> Routes:
+        return Routes(self.routed[rows], self.edit[rows], self.score[rows])
+
+
+@dataclass
+class RoutingData:
+    """What a router may learn from: the edits, and queries from data disjoint from any test set.
+
+    edit_embeddings: (N, C) unit-norm embeddings of the edit prompts (raw, untemplated);
+    unrelated_embeddings: (M, C) of queries that must not be routed (for calibration);
+    pseudo_pairs: held-out (question, paraphrase) pairs, with their embeddings when computed.
+    """
+
+    edit_queries: list[str]
+    edit_embeddings: torch.Tensor
+    subjects: list[str | None]
+    unrelated_queries: list[str]
+    unrelated_embeddings: torch.Tensor
+    pseudo_pairs: Sequence[PseudoPair] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Router(Protocol):
+    """Routing behind one interface (see module docstring)."""
+
+    name: ClassVar[str]
+    state_file: ClassVar[str]
+    score_name: ClassVar[str]  # what `Routes.score` is, e.g. "entropy" or "similarity"
+
+    def route(self, queries: Sequence[str], embeddings: torch.Tensor) -> Routes:
+        """Route a batch: raw queries (B) and their unit-norm embeddings (B, C)."""
+        ...
+
+    def config_dict(self) -> dict[str, Any]:
+        """JSON-serialisable settings and calibration (stored in the pack config)."""
+        ...
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Learned tensors (stored as safetensors in the pack)."""
+        ...
+
+    # Construction: `fit(data: RoutingData, config: MegConfig, progress) -> Router` at edit time and
+    # `from_state(config_dict, state_dict, edit_embeddings, requests) -> Router` when a pack is loaded.
+
+
+def nearest_edit(embeddings: torch.Tensor, edit_embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosine nearest edit for unit-norm rows: (B, C) x (N, C) -> best similarity (B,), edit index (B,)."""
+    similarity = embeddings @ edit_embeddings.T  # (B, N)
+    best, index = similarity.max(dim=1)
+    return best, index
