@@ -1,7 +1,8 @@
 """Where the neuron attaches, per Hugging Face `model_type`: data, not name sniffing.
 
 Each row names, relative to the `*ForCausalLM` module, the list of decoder blocks, the FFN module inside a
-block, and (for non-gated FFNs) the FFN's own activation module. `meg.surgery` is the only user.
+block, (for non-gated FFNs) the FFN's own activation module, and the FFN's output projection (the matrix that
+weight-editing baselines such as MEMIT and AlphaEdit rewrite). `meg.surgery` is the only user.
 
 Neuron forms (paper, "The neuron"):
 - "activated": `w_out * act(w_in . h + b)`, D = 2d + 1, for plain two-matrix FFNs (GPT-2, GPT-J, GPT-NeoX,
@@ -35,6 +36,9 @@ class ArchSpec:
         form: which neuron form this family gets (see module docstring).
         layer_fraction: default layer = floor(layer_fraction * n_layers); see `default_layer`.
         collection_preset: name of the weight-collection preset in `meg.collection.PRESETS`.
+        ffn_out: dotted path of the FFN's output projection inside one block, e.g. "mlp.c_proj" (a Linear, or a
+            transformers Conv1D). Its input is the "key" of locate-then-edit methods (Meng et al. 2023); None =
+            unknown, so weight-editing baselines refuse the model.
     """
 
     blocks: str
@@ -43,6 +47,7 @@ class ArchSpec:
     form: NeuronForm
     layer_fraction: float
     collection_preset: str
+    ffn_out: str | None = None
 
     def __post_init__(self) -> None:
         if (self.form == "activated") != (self.activation is not None):
@@ -61,22 +66,24 @@ _PHI_FRACTION = 29 / 32
 _THIRD = 1 / 3 + 1e-6
 
 
-def _plain(blocks: str, activation: str, fraction: float = _THIRD, preset: str = "paper-gptj") -> ArchSpec:
-    return ArchSpec(blocks, "mlp", activation, "activated", fraction, preset)
+def _plain(
+    blocks: str, activation: str, ffn_out: str, fraction: float = _THIRD, preset: str = "paper-gptj"
+) -> ArchSpec:
+    return ArchSpec(blocks, "mlp", activation, "activated", fraction, preset, ffn_out)
 
 
 def _gated(fraction: float = _LLAMA_FRACTION) -> ArchSpec:
-    return ArchSpec("model.layers", "mlp", None, "linear", fraction, "paper-llama3")
+    return ArchSpec("model.layers", "mlp", None, "linear", fraction, "paper-llama3", "mlp.down_proj")
 
 
 ARCHITECTURES: dict[str, ArchSpec] = {
-    "gpt2": _plain("transformer.h", "act", preset="small-gpt2"),
-    "gpt_bigcode": _plain("transformer.h", "act"),
-    "gptj": _plain("transformer.h", "act", _GPTJ_FRACTION),
-    "gpt_neox": _plain("gpt_neox.layers", "act"),
-    "falcon": _plain("transformer.h", "act"),
-    "bloom": _plain("transformer.h", "gelu_impl"),
-    "phi": _plain("model.layers", "activation_fn", _PHI_FRACTION, preset="paper-phi2"),
+    "gpt2": _plain("transformer.h", "act", "mlp.c_proj", preset="small-gpt2"),  # Conv1D, weight (in, out)
+    "gpt_bigcode": _plain("transformer.h", "act", "mlp.c_proj"),  # nn.Linear, unlike GPT-2
+    "gptj": _plain("transformer.h", "act", "mlp.fc_out", _GPTJ_FRACTION),
+    "gpt_neox": _plain("gpt_neox.layers", "act", "mlp.dense_4h_to_h"),
+    "falcon": _plain("transformer.h", "act", "mlp.dense_4h_to_h"),
+    "bloom": _plain("transformer.h", "gelu_impl", "mlp.dense_4h_to_h"),
+    "phi": _plain("model.layers", "activation_fn", "mlp.fc2", _PHI_FRACTION, preset="paper-phi2"),
     "llama": _gated(),
     "mistral": _gated(),
     "qwen2": _gated(),
@@ -94,7 +101,7 @@ def resolve(model_type: str, extra_architectures: dict[str, ArchSpec] | None = N
         raise UnsupportedModelError(
             f"model_type {model_type!r} is not supported; supported: {', '.join(sorted(table))}. "
             "To add it, pass extra_architectures={'%s': ArchSpec(blocks=..., ffn=..., activation=..., form=..., "
-            "layer_fraction=..., collection_preset=...)} or add a row to meg.architectures.ARCHITECTURES" % model_type
+            "layer_fraction=..., collection_preset=..., ffn_out=...)} or add a row to meg.architectures.ARCHITECTURES" % model_type
         )
     return table[model_type]
 

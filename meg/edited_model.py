@@ -44,8 +44,8 @@ class EditedModel:
         self.encoder = QueryEncoder.from_config(pack.config.encoder, device=self.device)
         if pack.encoder_state is not None:
             self.encoder.load_tuned_state(pack.encoder_state)
-        self.router = router_class(pack.router_name).from_state(pack.router_config, pack.router_state, pack.edit_embeddings,
-                                                                pack.requests)
+        self.router = router_class(pack.router_name).from_state(
+            pack.router_config, pack.router_state, pack.edit_embeddings, pack.requests, self.encoder.encode)
         self.generator = pack.generator.to(self.device).eval() if pack.generator is not None else None
         self.steps = sampling_steps or pack.config.sampling_steps
         self._enabled = True
@@ -106,6 +106,10 @@ class EditedModel:
             return torch.zeros(len(prompts), self.pack.neuron.dim)
         self._plan(prompts)
         return torch.stack([self._cache[p][1] for p in prompts])
+
+    def clear_cache(self) -> None:
+        """Forget cached routes and vectors (they are recomputed identically on demand)."""
+        self._cache.clear()
 
     def describe(self, prompts: Sequence[str]) -> list[dict[str, Any]]:
         """Per row: routed, matched edit index, and the router's score (the gate's entropy)."""

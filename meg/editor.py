@@ -11,13 +11,10 @@ interrupted `fit` resumes without redoing them. Every stage has a progress bar a
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -25,25 +22,21 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from meg import files
 from meg.collection import CollectionResult, collect_weights, preset_for
 from meg.config import MegConfig
 from meg.diffusion.generator import WeightGenerator
-from meg.diffusion.train import train_generator
 from meg.encoder import QueryEncoder
 from meg.errors import InputError
 from meg.models import fingerprint
 from meg.pack import EditPack
 from meg.prompts import PromptTemplate
+from meg.pseudo_edits import split_pairs
 from meg.requests import EditRequest, PseudoPair, deduplicate
 from meg.routing import RoutingData, router_class
+from meg.stages import trained_generator, tuned_encoder
 from meg.surgery import neuron_spec
 
 log = logging.getLogger("meg")
-
-
-def _digest(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _disjoint(requests: Sequence[EditRequest], pairs: Sequence[PseudoPair], unrelated: Sequence[str]):
@@ -92,13 +85,14 @@ class MegEditor:
         pairs, unrelated = _disjoint(requests, default_pseudo_pairs() if pseudo_pairs is None else pseudo_pairs,
                                      default_unrelated() if unrelated is None else unrelated)
         work = Path(work_dir) if work_dir else None
-        encoder, tuning = self._encoder(pairs, work, progress)
+        tune_pairs, calibration_pairs = split_pairs(pairs, seed=self.config.seed)
+        encoder, tuning = self._encoder(tune_pairs, work, progress)
         with self._stage("embed"):
             edit_emb = encoder.encode([r.prompt for r in requests], progress=progress)  # (N, C)
             unrelated_emb = encoder.encode(list(unrelated), progress=progress)  # (M, C)
         with self._stage("router"):
             data = RoutingData([r.prompt for r in requests], edit_emb, [r.subject for r in requests],
-                               list(unrelated), unrelated_emb, pairs, extra={"encode": encoder.encode})
+                               list(unrelated), unrelated_emb, calibration_pairs, extra={"encode": encoder.encode})
             router = router_class(self.config.router).fit(data, self.config, progress=progress)
         spec = neuron_spec(self.model, self.config.layer)
         with self._stage("collect"):
@@ -122,19 +116,7 @@ class MegEditor:
 
     def _encoder(self, pairs: Sequence[PseudoPair], work: Path | None, progress: bool) -> tuple[QueryEncoder, Any]:
         with self._stage("encoder"):
-            encoder = QueryEncoder.from_config(self.config.encoder, device=self.device)
-            if not self.config.encoder.tune:
-                return encoder, None
-            cached = work / f"encoder-{_digest(self.config.encoder.to_dict(), [asdict(p) for p in pairs])}.safetensors" if work else None
-            if cached and cached.is_file():
-                encoder.load_tuned_state(files.load_tensors(cached))
-                return encoder, {"resumed_from": cached.name}
-            if not pairs:
-                raise InputError("encoder tuning needs pseudo-edit pairs disjoint from the edits; none are left")
-            tuning = encoder.tune(pairs, progress=progress).to_dict()
-            if cached:
-                files.save_tensors(cached, encoder.tuned_state())
-            return encoder, tuning
+            return tuned_encoder(self.config.encoder, pairs, work, self.device, progress)
 
     def _generator(self, requests, collection: CollectionResult, edit_emb, unrelated_emb, encoder, dim: int,
                    work: Path | None, progress: bool) -> tuple[WeightGenerator | None, Any]:
@@ -144,16 +126,8 @@ class MegEditor:
             conds, vectors = self._generator_pairs(requests, collection, edit_emb, encoder)
             if len(vectors) == 0:
                 raise InputError("no edit was collected successfully, so there is nothing to train the generator on")
-            config = self.config.generator_for(dim)
             zero = unrelated_emb if self.config.data_augmentation and len(unrelated_emb) else None
-            key = _digest(config.to_dict(), vectors.sum().item(), conds.sum().item(), len(vectors), zero is not None)
-            cached = work / f"generator-{key}" if work else None
-            if cached and (cached / files.PACK_GENERATOR).is_file():
-                return WeightGenerator.load(cached, device=self.device), {"resumed_from": cached.name}
-            generator, training = train_generator(vectors, conds, config, zero_conds=zero, progress=progress)
-            if cached:
-                generator.save(cached)
-            return generator, training.to_dict()
+            return trained_generator(self.config.generator_for(dim), vectors, conds, zero, work, self.device, progress)
 
     def _generator_pairs(self, requests, collection: CollectionResult, edit_emb, encoder) -> tuple[torch.Tensor, torch.Tensor]:
         """(conditions (K, C), vectors (K, D)) from successful edits: the edit prompt, plus any paraphrases the

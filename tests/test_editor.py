@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import shutil
-from dataclasses import replace
 
 import pytest
 import torch
 
-from conftest import FACTS, NEW_TARGETS, PARAPHRASES, PSEUDO_PAIRS, SUBJECTS, UNRELATED, build_model
-from meg.collection import preset
+from conftest import FACTS, NEW_TARGETS, PARAPHRASES, PSEUDO_PAIRS, SUBJECTS, UNRELATED, build_model, tiny_config
 from meg.config import MegConfig
 from meg.decoding import greedy_generate
-from meg.diffusion.generator import CONFIGS
 from meg.edited_model import EditedModel
 from meg.editor import MegEditor
-from meg.encoder import EncoderConfig
 from meg.errors import PackError
-from meg.gate import GateConfig
 from meg.pack import EditPack
 from meg.prompts import answers_match
 from meg.requests import EditRequest, PseudoPair
@@ -30,18 +25,6 @@ REQUESTS = [
 ]
 # Held out from the router's calibration queries: the test asks these.
 CALIBRATION, ASKED = UNRELATED[20:], UNRELATED[:20]
-
-
-def tiny_config(**overrides) -> MegConfig:
-    """Paper stages at toy sizes: a few seconds per stage on a CPU."""
-    base = dict(
-        layer=1,
-        collection=preset("small-gpt2"),
-        encoder=EncoderConfig(epochs=2, batch_size=8),
-        gate=GateConfig(max_epochs=300),
-        generator=replace(CONFIGS["small-gpt2"], max_steps=1000, eval_every=500, sampling_steps=4),
-    )
-    return MegConfig(**{**base, **overrides})
 
 
 def fit(model, tokenizer, config: MegConfig, requests=REQUESTS) -> EditPack:

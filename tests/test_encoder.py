@@ -8,7 +8,8 @@ import json
 import pytest
 import torch
 
-from meg.encoder import EncoderConfig, QueryEncoder, TuningLog, _index_pairs
+from meg.encoder import EncoderConfig, QueryEncoder, TuningLog
+from meg.pseudo_edits import tuning_set
 from meg.errors import InputError, PackError, UnsupportedModelError
 from meg.files import load_tensors, save_tensors
 from meg.requests import PseudoPair
@@ -79,7 +80,7 @@ def test_tuning_trains_only_the_last_layer_and_lowers_the_loss(base, tuned):
 
 def test_cached_frozen_layers_reproduce_the_full_forward(tuned):
     encoder, _ = tuned
-    _, _, texts = _index_pairs(PAIRS)
+    texts = tuning_set(PAIRS).texts
     with torch.no_grad():
         cache = encoder._cache_frozen(texts, progress=False)
         cached = encoder._embed_cached(cache, torch.arange(len(texts)))
@@ -88,11 +89,12 @@ def test_cached_frozen_layers_reproduce_the_full_forward(tuned):
 
 def test_repeated_question_is_not_its_own_negative(base):
     with pytest.raises(InputError, match="at least 2 distinct questions"):
-        _index_pairs(PAIRS[1:3])  # one question, two paraphrases: no negative at all
-    questions, paraphrases, texts = _index_pairs(PAIRS[:3])
+        tuning_set(PAIRS[1:3])  # one question, two paraphrases: no negative at all
+    data = tuning_set(PAIRS[:3])
+    questions, paraphrases, texts = data.questions, data.paraphrases, data.texts
     with torch.no_grad():
         cache = base._cache_frozen(texts, progress=False)
-        loss = base._batch_loss(cache, questions, paraphrases)
+        loss = base._batch_loss(cache, questions, paraphrases, data.hard)
         emb = base._embed_cached(cache, torch.arange(len(texts)))
     keys = emb[[0, 2]]  # the two distinct questions, each once
     logits = emb[paraphrases] @ keys.T / base.config.temperature
@@ -146,3 +148,21 @@ def test_config_round_trips_and_rejects_unknown_fields():
     assert EncoderConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     with pytest.raises(InputError, match="unknown field"):
         EncoderConfig.from_dict({"modle": "minilm"})
+
+
+def test_hard_negatives_are_extra_keys(base):
+    pairs = [
+        PseudoPair("The mother tongue of Ana Silva is", "Ana Silva's first language is", "Ana Silva"),
+        PseudoPair("Hans Weber plays the", "Hans Weber is a player of the", "Hans Weber"),
+    ]
+    data = tuning_set(pairs, hard_negatives=2, seed=0)
+    negatives = [data.texts[i] for i in data.hard.flatten().tolist() if i >= 0]
+    assert "The mother tongue of Hans Weber is" in negatives and "Ana Silva plays the" in negatives
+    with torch.no_grad():
+        cache = base._cache_frozen(data.texts, progress=False)
+        loss = base._batch_loss(cache, data.questions, data.paraphrases, data.hard)
+        emb = base._embed_cached(cache, torch.arange(len(data.texts)))
+    hard = data.hard[data.hard >= 0].unique()
+    keys = emb[torch.cat([data.questions, hard[~torch.isin(hard, data.questions)]])]
+    logits = emb[data.paraphrases] @ keys.T / base.config.temperature
+    assert torch.allclose(loss, torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1])), atol=1e-6)

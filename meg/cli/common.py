@@ -61,11 +61,13 @@ def parse_ints(text: str | None, name: str) -> list[int] | None:
 
 def load_data(data: Path | None, n: int | None):
     """The edit dataset at `data` (or the shipped demo sample) cut to its first n records."""
+    from dataclasses import replace
+
     from meg.data import load_dataset
     from meg.data.defaults import demo_dataset
 
     dataset = demo_dataset() if data is None else load_dataset(data)
-    return dataset.head(n) if n else dataset
+    return replace(dataset, requests=dataset.requests[:n]) if n else dataset
 
 
 def read_json_option(path: Path | None) -> dict[str, Any] | None:

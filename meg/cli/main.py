@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from meg.cli import bench_collect, edit, env, generate, layers, run
+from meg.cli import bench, bench_collect, demo, edit, env, generate, layers, route_bench, run
 from meg.cli import eval as eval_command
 
 app = typer.Typer(
@@ -16,10 +16,13 @@ app = typer.Typer(
 )
 
 COMMANDS = {
+    "demo": demo,
     "edit": edit,
     "generate": generate,
     "run": run,
     "eval": eval_command,
+    "bench": bench,
+    "route-bench": route_bench,
     "layers": layers,
     "bench-collect": bench_collect,
     "env": env,

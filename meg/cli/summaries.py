@@ -33,3 +33,10 @@ def answers_table(prompts, outputs, details) -> str:
         score = f"{score_key} {detail[score_key]:.3f}" if score_key else ""
         rows.append([prompt, "yes" if detail.get("routed") else "no", detail.get("edit", ""), score, output.strip()])
     return markdown_table(["prompt", "routed", "edit", "score", "answer"], rows)
+
+
+def demo_table(rows) -> str:
+    """edit | query kind | prompt | expected | answer before | answer after | pass."""
+    body = [[r["edit"], r["kind"], r["prompt"][:60], r["expected"], r["before"].strip()[:30], r["after"].strip()[:30],
+             "yes" if r["ok"] else "no"] for r in rows]
+    return markdown_table(["edit", "query", "prompt", "expected", "before", "after", "pass"], body)

@@ -54,7 +54,8 @@ def _cases(requests: Sequence[EditRequest], pre_edit: dict[str, str]) -> dict[st
     return cases
 
 
-def _score_cases(lm: EditedLM, cases: list[tuple[int, str, str]], max_new_tokens: int) -> list[dict[str, Any]]:
+def _score_cases(lm: EditedLM, cases: list[tuple[int, str, str]], max_new_tokens: int,
+                 pre_edit: dict[str, str]) -> list[dict[str, Any]]:
     if not cases:
         return []
     prompts, expected = [c[1] for c in cases], [c[2] for c in cases]
@@ -67,7 +68,7 @@ def _score_cases(lm: EditedLM, cases: list[tuple[int, str, str]], max_new_tokens
     out = []
     for i, (prompt, exp, gen, det) in enumerate(zip(prompts, expected, generated, details)):
         passed = ag_pass(gen, exp)
-        out.append({"prompt": prompt, "expected": exp, "generated": gen, "ag": passed,
+        out.append({"prompt": prompt, "expected": exp, "before": pre_edit.get(prompt), "generated": gen, "ag": passed,
                     "tf": tf.get(i, float(passed)), **det})
     return out
 
@@ -81,7 +82,7 @@ def evaluate_chunk(
         for row, r in enumerate(requests)
     ]
     for metric, cases in _cases(requests, pre_edit).items():
-        for (row, _, _), result in zip(cases, _score_cases(lm, cases, max_new_tokens)):
+        for (row, _, _), result in zip(cases, _score_cases(lm, cases, max_new_tokens, pre_edit)):
             records[row][metric] = result
     return records
 
@@ -97,7 +98,8 @@ def evaluate(
 ) -> list[dict[str, Any]]:
     """Evaluate every request, resuming from `run_dir/records.jsonl`; returns all records in order.
 
-    `pre_edit` maps each locality prompt to the unedited model's greedy output (see `pre_edit_outputs`).
+    `pre_edit` maps each locality prompt (and, when present, each edit prompt and paraphrase: kept in the
+    records as "before") to the unedited model's greedy output (see `pre_edit_outputs`).
     """
     path = Path(run_dir) / files.RUN_RECORDS
     path.parent.mkdir(parents=True, exist_ok=True)

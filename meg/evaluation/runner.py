@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -49,13 +48,9 @@ class RunConfig:
     chunk_size: int = 64
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("MEG_CACHE_DIR") or Path.home() / ".cache" / "meg-edit")
-
-
 def _cache_file(model, dataset: Dataset) -> Path:
     key = hashlib.sha256(json.dumps([fingerprint(model), dataset.template.text], default=str).encode()).hexdigest()[:16]
-    return cache_dir() / "pre_edit" / f"{key}.jsonl"
+    return files.cache_dir() / "pre_edit" / f"{key}.jsonl"
 
 
 def _freeze(run_dir: Path, config: RunConfig, overwrite: bool) -> None:
@@ -88,7 +83,7 @@ def select_records(dataset: Dataset, config: RunConfig, base: PlainLM, cache: Pa
     return replace(dataset, requests=requests), note
 
 
-def _context(config: RunConfig, dataset: Dataset, run_dir: Path) -> EditContext:
+def edit_context(config: RunConfig, dataset: Dataset, run_dir: Path) -> EditContext:
     pairs = load_pseudo_pairs(config.pseudo_pairs) if config.pseudo_pairs else default_pseudo_pairs()
     unrelated = load_queries(config.unrelated) if config.unrelated else default_unrelated()
     return EditContext(template=dataset.template, pseudo_pairs=pairs, unrelated=unrelated, work_dir=run_dir / "work",
@@ -96,7 +91,7 @@ def _context(config: RunConfig, dataset: Dataset, run_dir: Path) -> EditContext:
 
 
 @dataclass
-class _Prepared:
+class PreparedRun:
     model: Any
     tokenizer: Any
     dataset: Dataset
@@ -105,7 +100,7 @@ class _Prepared:
     seconds: dict[str, float]
 
 
-def _prepare(config: RunConfig, run_dir: Path, overwrite: bool, template: str | None = None) -> _Prepared:
+def prepare_run(config: RunConfig, run_dir: Path, overwrite: bool, template: str | None = None) -> PreparedRun:
     """Freeze the config, load model and data, select records, compute the pre-edit outputs."""
     start, seconds = time.perf_counter(), {}
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -117,12 +112,13 @@ def _prepare(config: RunConfig, run_dir: Path, overwrite: bool, template: str | 
     dataset, note = select_records(dataset, config, base, cache)
     seconds["load"] = time.perf_counter() - start
     t = time.perf_counter()
-    pre_edit = pre_edit_outputs(base, [r.unrelated[0] for r in dataset.requests if r.unrelated], cache)
+    queries = [q for r in dataset.requests for q in (r.prompt, *r.paraphrases[:1], *r.unrelated[:1])]
+    pre_edit = pre_edit_outputs(base, queries, cache)
     seconds["pre_edit_outputs"] = time.perf_counter() - t
-    return _Prepared(model, tokenizer, dataset, pre_edit, note, seconds)
+    return PreparedRun(model, tokenizer, dataset, pre_edit, note, seconds)
 
 
-def _evaluate_and_report(prep: _Prepared, edited, config: RunConfig, run_dir: Path, command: str,
+def _evaluate_and_report(prep: PreparedRun, edited, config: RunConfig, run_dir: Path, command: str,
                          started: float) -> dict[str, Any]:
     t = time.perf_counter()
     records = evaluate(edited, prep.dataset.requests, prep.pre_edit, run_dir, config.chunk_size, config.max_new_tokens)
@@ -142,11 +138,11 @@ def run_edit_and_eval(config: RunConfig, out: str | Path, overwrite: bool = Fals
     """Edit the first N records in one batch with `config.method`, evaluate every record, write the report
     into `out` and return it."""
     started, run_dir = time.perf_counter(), Path(out)
-    prep = _prepare(config, run_dir, overwrite)
+    prep = prepare_run(config, run_dir, overwrite)
     t = time.perf_counter()
     apply = get_method(config.method)
     requests = [r.for_editing() for r in prep.dataset.requests]
-    edited = apply(prep.model, prep.tokenizer, requests, _context(config, prep.dataset, run_dir))
+    edited = apply(prep.model, prep.tokenizer, requests, edit_context(config, prep.dataset, run_dir))
     prep.seconds["edit"] = time.perf_counter() - t
     return _evaluate_and_report(prep, edited, config, run_dir, command, started)
 
@@ -161,7 +157,7 @@ def evaluate_pack(pack_dir: str | Path, model: str, data: str | None, n: int | N
     pack = EditPack.load(pack_dir)
     config = RunConfig(model=model, data=data, n=n, method=f"meg (pack {Path(pack_dir).name})", device=device,
                        template=pack.template.text)
-    prep = _prepare(config, run_dir, overwrite)
+    prep = prepare_run(config, run_dir, overwrite)
     edited = EditedModel(prep.model, prep.tokenizer, pack)
     return _evaluate_and_report(prep, edited, config, run_dir, command, started)
 

@@ -10,7 +10,12 @@ from meg.methods.base import ApplyFn, EditContext, EditedLM
 # name -> "module:function"; resolved lazily so importing meg.methods stays cheap.
 METHODS: dict[str, str] = {
     "meg": "meg.methods.meg_method:apply_meg",
+    "knn": "meg.methods.meg_method:apply_knn",
+    "mlp": "meg.methods.meg_method:apply_mlp",
     "unedited": "meg.methods.unedited:apply_unedited",
+    "ft": "meg.baselines.ft:apply_ft",
+    "memit": "meg.baselines.memit:apply_memit",
+    "alphaedit": "meg.baselines.alphaedit:apply_alphaedit",
 }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from torch import nn
@@ -20,6 +21,7 @@ from meg.errors import PackError
 from meg.methods.base import EditContext
 from meg.pack import EditPack
 from meg.requests import EditRequest, deduplicate
+from meg.surgery import neuron_spec
 
 log = logging.getLogger("meg")
 
@@ -59,3 +61,19 @@ def apply_meg(
         if pack_dir:
             pack.save(pack_dir, overwrite=True)
     return EditedModel(model, tokenizer, pack)
+
+
+def apply_knn(model: nn.Module, tokenizer: PreTrainedTokenizerBase, requests: Sequence[EditRequest],
+              context: EditContext) -> EditedModel:
+    """Ablation "kNN": no diffusion; a routed query gets the collected vector of the edit it matched."""
+    config = replace(meg_config(context), weights="retrieved")
+    return apply_meg(model, tokenizer, requests, replace(context, config=config))
+
+
+def apply_mlp(model: nn.Module, tokenizer: PreTrainedTokenizerBase, requests: Sequence[EditRequest],
+              context: EditContext) -> EditedModel:
+    """Ablation "MLP": the paper's MLP generator in place of the DiT (same training budget and sampler)."""
+    config = meg_config(context)
+    dim = neuron_spec(model, config.layer).dim
+    generator = replace(config.generator_for(dim), architecture="mlp", preset="tiny")
+    return apply_meg(model, tokenizer, requests, replace(context, config=replace(config, generator=generator)))

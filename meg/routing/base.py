@@ -40,7 +40,8 @@ class RoutingData:
 
     edit_embeddings: (N, C) unit-norm embeddings of the edit prompts (raw, untemplated);
     unrelated_embeddings: (M, C) of queries that must not be routed (for calibration);
-    pseudo_pairs: held-out (question, paraphrase) pairs, with their embeddings when computed.
+    pseudo_pairs: (question, paraphrase) pairs held out from encoder tuning, for calibration;
+    extra["encode"]: the tuned encoder's `encode`, for routers that embed more texts.
     """
 
     edit_queries: list[str]
@@ -72,7 +73,8 @@ class Router(Protocol):
         ...
 
     # Construction: `fit(data: RoutingData, config: MegConfig, progress) -> Router` at edit time and
-    # `from_state(config_dict, state_dict, edit_embeddings, requests) -> Router` when a pack is loaded.
+    # `from_state(config_dict, state_dict, edit_embeddings, requests, encode) -> Router` when a pack is loaded
+    # (`encode` embeds texts with the pack's tuned encoder, for routers that embed more than the query).
 
 
 def nearest_edit(embeddings: torch.Tensor, edit_embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

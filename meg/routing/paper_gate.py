@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -43,7 +44,7 @@ class PaperGateRouter:
 
     @classmethod
     def from_state(cls, config: dict[str, Any], state: dict[str, torch.Tensor], edit_embeddings: torch.Tensor,
-                   requests: Sequence[Any] = ()) -> PaperGateRouter:
+                   requests: Sequence[Any] = (), encode: Any = None) -> PaperGateRouter:
         gate_config = GateConfig.from_dict(config["gate"])
         gate = FamiliarityGate(edit_embeddings.shape[1], gate_config)
         gate.load_state_dict(state)
@@ -53,6 +54,13 @@ class PaperGateRouter:
         entropy = self.gate.entropy(embeddings)  # (B,)
         _, edit = nearest_edit(embeddings, self.edit_embeddings)
         return Routes(entropy < self.calibration.epsilon, edit, entropy)
+
+    def curve(self, queries: Sequence[str], embeddings: torch.Tensor) -> list[tuple[float, Routes]]:
+        """Routes at epsilon from 0 to ln(10) (log-spaced), for threshold curves."""
+        entropy = self.gate.entropy(embeddings)
+        _, edit = nearest_edit(embeddings, self.edit_embeddings)
+        grid = [0.0] + torch.logspace(-8, math.log10(math.log(self.config.labels)), 40).tolist()
+        return [(eps, Routes(entropy < eps, edit, entropy)) for eps in grid]
 
     def config_dict(self) -> dict[str, Any]:
         return {"gate": self.config.to_dict(), "calibration": self.calibration.to_dict(), "training": self.log}

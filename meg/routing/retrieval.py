@@ -1,25 +1,26 @@
 """Subject-verified retrieval: route a query to its nearest edit only when the evidence says it is that edit.
 
-Measured on CounterFact (docs/results/routing-*.md): a paraphrase's nearest edit prompt is its own edit ~98% of
-the time, but a plain similarity threshold cannot separate paraphrases from neighbourhood prompts, which share
-the relation ("The mother tongue of Danielle Darrieux is" vs "Michel Rocard is a native speaker of"). What does
-separate them is the subject: every CounterFact paraphrase names its subject, almost no neighbour does. So:
+Measured on CounterFact (docs/LOG.md, docs/results/routing-*.md): a paraphrase's nearest edit prompt is its own
+edit ~98% of the time, but no similarity threshold separates paraphrases from neighbourhood prompts, which share
+the relation ("BBC Radio, by" vs the edit "BBC One, by"). What does separate them is the subject: every
+CounterFact paraphrase names its subject; a neighbourhood prompt names another one. So:
 
-1. subject path: if the query names the subject of one or more edits (whole words, case-insensitive), take the
-   most similar of those edits; route when cosine >= `subject_threshold`. The threshold rejects queries about
-   the same subject but another fact (KnowEdit's locality prompts are exactly that).
-2. free path: otherwise (or for edits given without a subject) take the nearest edit overall; route when
-   cosine >= `free_threshold`.
-Both thresholds are calibrated without test data: `subject_threshold` on synthetic same-subject queries made from
-the edits themselves (edit j's prompt with edit i's subject written in: same subject, another relation), and
-`free_threshold` on the unrelated queries, so that at most `target_unrelated_rate` of them are routed overall.
+1. subject path: if the query names the subject of one or more edits (whole words, case-insensitive), compare
+   the sentence that names it (CounterFact paraphrases carry unrelated leading text) with those edits' prompts
+   and take the most similar; route when cosine >= `subject_threshold`. The threshold is what rejects queries
+   about the same subject but another fact.
+2. free path: edits given WITHOUT a subject are matched by cosine over the whole query and routed when cosine
+   >= `free_threshold`. With `subject_required=False`, edits with a subject may be reached this way too.
+Calibration never sees test data: `subject_threshold` keeps `paraphrase_recall` of held-out pseudo pairs
+(question vs its paraphrase, disjoint from the edits); `free_threshold` routes at most `target_unrelated_rate`
+of the unrelated calibration queries overall.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
@@ -27,9 +28,11 @@ import torch
 
 from meg import files
 from meg.errors import InputError
-from meg.routing.base import Routes, RoutingData, nearest_edit
+from meg.routing.base import Routes, RoutingData
 
 _WORD = re.compile(r"\w+|[^\w\s]")
+_SENTENCE_END = re.compile(r"[.!?]\s|\n")
+Encode = Callable[[Sequence[str]], torch.Tensor]
 
 
 def words(text: str) -> tuple[str, ...]:
@@ -37,20 +40,29 @@ def words(text: str) -> tuple[str, ...]:
     return tuple(_WORD.findall(text.lower()))
 
 
+def focus(text: str, subject: str) -> str:
+    """The text from the start of the sentence that first names `subject` (the whole text if absent)."""
+    at = text.lower().find(subject.lower())
+    if at < 0:
+        return text
+    ends = [m.end() for m in _SENTENCE_END.finditer(text, 0, at)]
+    return text[ends[-1]:].strip() if ends else text
+
+
 @dataclass(frozen=True)
 class RetrievalConfig:
     """Settings of the subject-verified retrieval router (thresholds None = calibrate)."""
 
     target_unrelated_rate: float = 0.02
-    subject_negative_rate: float = 0.02  # share of synthetic same-subject/other-fact queries let through
+    paraphrase_recall: float = 0.97  # share of held-out paraphrase pairs the subject path must accept
     subject_threshold: float | None = None
     free_threshold: float | None = None
-    use_subjects: bool = True
-    max_negatives: int = 4000  # synthetic same-subject queries used for calibration
-    seed: int = 0
+    use_subjects: bool = True  # False: ignore subjects, route by cosine only (the "nearest edit" baseline)
+    subject_required: bool = True  # an edit with a subject is reachable only by a query that names it
+    focus: bool = True  # compare only the sentence naming the subject
 
     def __post_init__(self) -> None:
-        for name in ("target_unrelated_rate", "subject_negative_rate"):
+        for name in ("target_unrelated_rate", "paraphrase_recall"):
             if not 0 < getattr(self, name) < 1:
                 raise InputError(f"RetrievalConfig.{name} must be in (0, 1), got {getattr(self, name)}")
         for name in ("subject_threshold", "free_threshold"):
@@ -80,9 +92,10 @@ class SubjectIndex:
             if key and _contains(words(prompt), key):
                 self.table.setdefault(key, []).append(i)
         self.longest = max((len(k) for k in self.table), default=0)
+        self.indexed = sorted(i for rows in self.table.values() for i in rows)
 
     def __len__(self) -> int:
-        return len(self.table)
+        return len(self.indexed)
 
     def edits_named_in(self, text: str) -> list[int]:
         tokens = words(text)
@@ -103,8 +116,11 @@ def conformal_threshold(scores: torch.Tensor, rate: float) -> float:
     s = scores.double().flatten().sort(descending=True).values
     k = math.floor(rate * (len(s) + 1) + 1e-9)
     if k < 1:
-        return float("inf") if len(s) else 1.0
+        return math.inf
     return float(torch.nextafter(s[k - 1], torch.tensor(math.inf, dtype=s.dtype)))
+
+
+_CLOSED = 1.0 + 1e-6  # above any cosine: a path that accepts nothing (finite, so JSON can store it)
 
 
 class RetrievalRouter:
@@ -115,91 +131,113 @@ class RetrievalRouter:
     score_name: ClassVar[str] = "similarity"
 
     def __init__(self, config: RetrievalConfig, edit_embeddings: torch.Tensor, subjects: Sequence[str | None],
-                 prompts: Sequence[str], thresholds: dict[str, float], calibration: dict[str, Any] | None = None):
+                 prompts: Sequence[str], thresholds: dict[str, float], calibration: dict[str, Any] | None = None,
+                 encode: Encode | None = None):
         self.config, self.edit_embeddings = config, edit_embeddings  # (N, C)
-        self.subjects, self.prompts = list(subjects), list(prompts)
+        self.subjects, self.prompts, self.encode = list(subjects), list(prompts), encode
         self.index = SubjectIndex(self.subjects if config.use_subjects else [None] * len(prompts), self.prompts)
+        free = torch.ones(len(prompts), dtype=torch.bool)
+        if config.subject_required:
+            free[self.index.indexed] = False
+        self.free_edits = free.nonzero().flatten()  # edits the free path may reach
         self.thresholds = thresholds
         self.calibration = calibration or {}
 
     # --- routing ---
 
+    def _focused(self, queries: Sequence[str], rows: list[int], embeddings: torch.Tensor) -> torch.Tensor:
+        """Embeddings (len(rows), C) of the sentence naming each row's candidate subject."""
+        texts = [focus(queries[r], self.subjects[self.index.edits_named_in(queries[r])[0]]) for r in rows]
+        changed = [i for i, (t, r) in enumerate(zip(texts, rows)) if t != queries[r]]
+        out = embeddings[rows].clone()
+        if changed and self.config.focus and self.encode is not None:
+            out[changed] = self.encode([texts[i] for i in changed]).to(out.dtype)
+        return out
+
     def _subject_path(self, queries: Sequence[str], embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per query: best similarity among edits whose subject it names (-inf if none), and that edit."""
         best = torch.full((len(queries),), -math.inf)
         edit = torch.full((len(queries),), -1, dtype=torch.long)
-        for row, query in enumerate(queries):
-            candidates = self.index.edits_named_in(query)
-            if candidates:
-                sims = self.edit_embeddings[candidates] @ embeddings[row]  # (K,)
-                k = int(sims.argmax())
-                best[row], edit[row] = sims[k], candidates[k]
+        candidates = [self.index.edits_named_in(q) for q in queries]
+        rows = [r for r, c in enumerate(candidates) if c]
+        if not rows:
+            return best, edit
+        focused = self._focused(queries, rows, embeddings)  # (R, C)
+        for i, row in enumerate(rows):
+            sims = self.edit_embeddings[candidates[row]] @ focused[i]  # (K,)
+            k = int(sims.argmax())
+            best[row], edit[row] = sims[k], candidates[row][k]
         return best, edit
 
-    def decide(self, queries: Sequence[str], embeddings: torch.Tensor, subject_threshold: float,
-               free_threshold: float) -> Routes:
+    def scores(self, queries: Sequence[str], embeddings: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Both paths' best similarity and edit per query (thresholds are applied by `decide`)."""
         embeddings = embeddings.to(self.edit_embeddings.dtype)
-        subj_sim, subj_edit = self._subject_path(queries, embeddings)
-        free_sim, free_edit = nearest_edit(embeddings, self.edit_embeddings)
-        by_subject = subj_sim >= subject_threshold
-        routed = by_subject | (free_sim >= free_threshold)
-        edit = torch.where(by_subject, subj_edit, free_edit)
-        score = torch.where(by_subject, subj_sim, free_sim)
-        return Routes(routed, edit, score)
+        subject_sim, subject_edit = self._subject_path(queries, embeddings)
+        free_sim = torch.full((len(queries),), -math.inf)
+        free_edit = torch.full((len(queries),), -1, dtype=torch.long)
+        if len(self.free_edits):
+            sims = embeddings @ self.edit_embeddings[self.free_edits].T  # (B, F)
+            free_sim, best = sims.max(dim=1)
+            free_edit = self.free_edits[best]
+        return {"subject_sim": subject_sim, "subject_edit": subject_edit, "free_sim": free_sim, "free_edit": free_edit}
+
+    @staticmethod
+    def decide(scores: dict[str, torch.Tensor], subject_threshold: float, free_threshold: float) -> Routes:
+        by_subject = scores["subject_sim"] >= subject_threshold
+        routed = by_subject | (scores["free_sim"] >= free_threshold)
+        edit = torch.where(by_subject, scores["subject_edit"], scores["free_edit"])
+        score = torch.where(by_subject, scores["subject_sim"], scores["free_sim"])
+        return Routes(routed, edit, score.nan_to_num(neginf=-1.0))
 
     def route(self, queries: Sequence[str], embeddings: torch.Tensor) -> Routes:
-        return self.decide(queries, embeddings, self.thresholds["subject"], self.thresholds["free"])
+        return self.decide(self.scores(queries, embeddings), self.thresholds["subject"], self.thresholds["free"])
+
+    def curve(self, queries: Sequence[str], embeddings: torch.Tensor) -> list[tuple[float, Routes]]:
+        """Routes with both thresholds shifted by an offset in [-0.5, 0.5] (0 = the calibrated point)."""
+        scores = self.scores(queries, embeddings)
+        offsets = torch.linspace(-0.5, 0.5, 41).tolist()
+        return [(d, self.decide(scores, self.thresholds["subject"] + d, self.thresholds["free"] + d)) for d in offsets]
 
     # --- fitting ---
 
     @classmethod
     def fit(cls, data: RoutingData, meg_config: Any, progress: bool = True) -> RetrievalRouter:
-        config: RetrievalConfig = meg_config.retrieval
-        router = cls(config, data.edit_embeddings, data.subjects, data.edit_queries, {"subject": 1.0, "free": 1.0})
         encode = data.extra.get("encode")
-        router.thresholds["subject"], negatives = router._calibrate_subject(encode)
+        router = cls(meg_config.retrieval, data.edit_embeddings, data.subjects, data.edit_queries,
+                     {"subject": _CLOSED, "free": _CLOSED}, encode=encode)
+        router.thresholds["subject"], pairs = router._calibrate_subject(data)
         router.thresholds["free"], achieved = router._calibrate_free(data)
-        router.calibration = {"subject_negatives": negatives, "unrelated_queries": len(data.unrelated_queries),
-                              "achieved_unrelated_rate": achieved, "subject_edits": len(router.index)}
+        router.calibration = {"paraphrase_pairs": pairs, "unrelated_queries": len(data.unrelated_queries),
+                              "achieved_unrelated_rate": achieved, "subject_edits": len(router.index),
+                              "free_edits": len(router.free_edits)}
         return router
 
-    def _calibrate_subject(self, encode) -> tuple[float, int]:
+    def _calibrate_subject(self, data: RoutingData) -> tuple[float, int]:
+        """The threshold that keeps `paraphrase_recall` of the held-out pairs naming their subject."""
         if self.config.subject_threshold is not None:
             return self.config.subject_threshold, 0
-        queries = self._same_subject_queries()
-        if not queries or encode is None:
-            return 1.0, 0  # nothing to calibrate on: the subject path only accepts exact prompt matches
-        sims, _ = self._subject_path(queries, encode(queries))
-        sims = sims[torch.isfinite(sims)]
-        return conformal_threshold(sims, self.config.subject_negative_rate), len(queries)
-
-    def _same_subject_queries(self) -> list[str]:
-        """Edit j's prompt with edit i's subject in place of j's: same subject as edit i, another fact.
-        Pairs whose subject-masked prompts are identical (the same relation template) are skipped."""
-        rows = [i for i, s in enumerate(self.subjects) if s and s in self.prompts[i]]
-        templates = {i: self.prompts[i].replace(self.subjects[i], "{}") for i in rows}
-        if len(rows) * (len(rows) - 1) <= self.config.max_negatives:
-            pairs = [(i, j) for i in rows for j in rows if i != j]
-        else:
-            gen = torch.Generator().manual_seed(self.config.seed)
-            picks = torch.randint(len(rows), (self.config.max_negatives, 2), generator=gen).tolist()
-            pairs = [(rows[a], rows[b]) for a, b in picks]
-        out = [templates[j].replace("{}", self.subjects[i]) for i, j in pairs if templates[i] != templates[j]]
-        return list(dict.fromkeys(out))
+        pairs = [p for p in data.pseudo_pairs if p.subject and p.subject.lower() in p.question.lower()
+                 and p.subject.lower() in p.paraphrase.lower()]
+        if len(pairs) < 20 or self.encode is None:
+            raise InputError(f"retrieval router: calibrating the subject threshold needs >= 20 held-out pseudo pairs "
+                             f"with a subject, got {len(pairs)}; give pairs with subjects or a fixed subject_threshold")
+        questions = self.encode([p.question for p in pairs])  # (P, C)
+        texts = [focus(p.paraphrase, p.subject) if self.config.focus else p.paraphrase for p in pairs]
+        sims = (self.encode(texts) * questions).sum(dim=1)  # (P,)
+        return float(torch.quantile(sims.double(), 1 - self.config.paraphrase_recall)), len(pairs)
 
     def _calibrate_free(self, data: RoutingData) -> tuple[float, float]:
         """The free-path threshold that keeps the overall unrelated routing rate <= target."""
         queries, emb = data.unrelated_queries, data.unrelated_embeddings
         if self.config.free_threshold is not None or not queries:
-            return (self.config.free_threshold if self.config.free_threshold is not None else 1.0), float("nan")
-        subj_sim, _ = self._subject_path(queries, emb.to(self.edit_embeddings.dtype))
-        by_subject = subj_sim >= self.thresholds["subject"]
+            return (self.config.free_threshold if self.config.free_threshold is not None else _CLOSED), float("nan")
+        scores = self.scores(queries, emb)
+        by_subject = scores["subject_sim"] >= self.thresholds["subject"]
         budget = max(self.config.target_unrelated_rate - float(by_subject.double().mean()), 0.0)
-        free_sim, _ = nearest_edit(emb.to(self.edit_embeddings.dtype), self.edit_embeddings)
-        free_sim = torch.where(by_subject, torch.tensor(-math.inf), free_sim)  # already routed: no double count
-        threshold = conformal_threshold(free_sim, budget) if budget > 0 else float("inf")
-        threshold = min(threshold, 1.0 + 1e-6)
-        achieved = self.decide(queries, emb, self.thresholds["subject"], threshold).routed.double().mean()
+        # Queries the subject path already routes are spent budget; only the rest compete for the free path.
+        free_sim = torch.where(by_subject, torch.tensor(-math.inf), scores["free_sim"])
+        threshold = min(conformal_threshold(free_sim, budget) if budget > 0 else math.inf, _CLOSED)
+        achieved = self.decide(scores, self.thresholds["subject"], threshold).routed.double().mean()
         return threshold, float(achieved)
 
     # --- persistence ---
@@ -212,6 +250,6 @@ class RetrievalRouter:
 
     @classmethod
     def from_state(cls, config: dict[str, Any], state: dict[str, torch.Tensor], edit_embeddings: torch.Tensor,
-                   requests: Sequence[Any]) -> RetrievalRouter:
+                   requests: Sequence[Any], encode: Encode | None = None) -> RetrievalRouter:
         return cls(RetrievalConfig.from_dict(config["retrieval"]), edit_embeddings, [r.subject for r in requests],
-                   [r.prompt for r in requests], dict(config["thresholds"]), config.get("calibration"))
+                   [r.prompt for r in requests], dict(config["thresholds"]), config.get("calibration"), encode)

@@ -1,0 +1,133 @@
+"""`meg bench`: every editing method in one process on the same first-N edits, side by side.
+
+Per method: the six metrics and Score (paper protocol, `meg.evaluation`), edit wall time, peak resident memory
+while editing, and inference queries/second on a fixed mix of edited and unrelated prompts (greedy, 20 tokens,
+cold caches). The model, the records, the ZsRE filter and the pre-edit outputs are shared by all methods, and
+each method's records live in its own run directory, so an interrupted bench resumes.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from meg.data.defaults import default_unrelated
+from meg.evaluation.harness import evaluate
+from meg.evaluation.metrics import COLUMNS, MetricTable, aggregate
+from meg.evaluation.report import HEADERS, metric_row
+from meg.evaluation.runner import RunConfig, edit_context, prepare_run
+from meg.methods import get_method
+from meg.results import markdown_table, write_results
+
+
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@contextmanager
+def peak_rss(interval: float = 0.05) -> Iterator[dict[str, float]]:
+    """Sample the process's resident memory in a thread; yields a dict filled with the peak (MB) on exit."""
+    result, stop = {"peak_mb": _rss_mb()}, threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            result["peak_mb"] = max(result["peak_mb"], _rss_mb())
+            stop.wait(interval)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield result
+    finally:
+        stop.set()
+        thread.join()
+        result["peak_mb"] = max(result["peak_mb"], _rss_mb())
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What `meg bench` compares: one RunConfig (model, data, N, ...) and a list of methods."""
+
+    run: RunConfig
+    methods: tuple[str, ...] = ("unedited", "meg", "ft", "memit", "alphaedit", "knn", "mlp")
+    method_configs: dict[str, dict[str, Any]] | None = None
+    throughput_queries: int = 64  # edited prompts; as many unrelated prompts are mixed in
+
+
+def throughput(lm, prompts: Sequence[str]) -> float:
+    """Queries per second of `lm.generate` on `prompts` with cold caches."""
+    if hasattr(lm, "clear_cache"):
+        lm.clear_cache()
+    start = time.perf_counter()
+    lm.generate(list(prompts))
+    return len(prompts) / (time.perf_counter() - start)
+
+
+def bench_method(name: str, prep, config: BenchConfig, run_dir: Path, mix: Sequence[str]) -> dict[str, Any]:
+    """Edit with one method, evaluate it and time its inference."""
+    run = replace(config.run, method=name, method_config=(config.method_configs or {}).get(name))
+    requests = [r.for_editing() for r in prep.dataset.requests]
+    with peak_rss() as memory:
+        start = time.perf_counter()
+        edited = get_method(name)(prep.model, prep.tokenizer, requests, edit_context(run, prep.dataset, run_dir))
+        edit_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    records = evaluate(edited, prep.dataset.requests, prep.pre_edit, run_dir, run.chunk_size, run.max_new_tokens)
+    eval_seconds = time.perf_counter() - start
+    return {"method": name, "metrics": aggregate(records).to_dict(), "edit_seconds": round(edit_seconds, 2),
+            "eval_seconds": round(eval_seconds, 2), "peak_rss_mb": round(memory["peak_mb"], 1),
+            "queries_per_second": round(throughput(edited, mix), 2), "stats": edited.stats()}
+
+
+def bench_methods(config: BenchConfig, out_dir: str | Path, overwrite: bool = False) -> dict[str, Any]:
+    """Every method on the same edits; per-method run directories under `out_dir`."""
+    out_dir = Path(out_dir)
+    prep = prepare_run(config.run, out_dir, overwrite)
+    edited_prompts = [r.prompt for r in prep.dataset.requests[: config.throughput_queries]]
+    mix = [q for pair in zip(edited_prompts, default_unrelated()) for q in pair]  # alternate edited/unrelated
+    results = [bench_method(name, prep, config, out_dir / name, mix) for name in config.methods]
+    return {"setup": {**asdict(config.run), "methods": list(config.methods), "data": prep.dataset.name,
+                      "n_used": len(prep.dataset.requests), "filter": prep.note, "threads": os.cpu_count()},
+            "results": results, "seconds": {k: round(v, 2) for k, v in prep.seconds.items()}}
+
+
+def bench_markdown(bench: dict[str, Any], command: str) -> str:
+    rows = []
+    for r in bench["results"]:
+        table = MetricTable(**{c: r["metrics"][c] for c in COLUMNS})
+        rows.append([r["method"], *metric_row(table), r["edit_seconds"], r["peak_rss_mb"], r["queries_per_second"]])
+    setup = bench["setup"]
+    header = (f"# {setup['data']}, N = {setup['n_used']}, all edits in one batch\n\nCommand: `{command}`\n\n"
+              f"Model: {setup['model']}. Filter: {setup['filter'] or 'none'}. Metrics as in the paper "
+              "(see report protocol); edit s = wall time of editing; RSS = peak resident memory while editing; "
+              "q/s = greedy answers per second on a fixed 50/50 mix of edited and unrelated prompts.\n\n")
+    return header + markdown_table(["Method", *HEADERS, "edit s", "RSS MB", "q/s"], rows)
+
+
+def write_bench(out_dir: str | Path, name: str, bench: dict[str, Any], command: str) -> dict[str, Path]:
+    def draw(axes) -> None:
+        methods = [r["method"] for r in bench["results"]]
+        width = 0.8 / len(methods)
+        for i, r in enumerate(bench["results"]):
+            values = [r["metrics"][c] or 0 for c in COLUMNS] + [r["metrics"]["score"]]
+            axes.bar([x + i * width for x in range(len(values))], values, width, label=r["method"])
+        axes.set_xticks([x + 0.4 - width / 2 for x in range(len(HEADERS))], HEADERS)
+        axes.set_ylim(0, 105)
+        axes.legend(fontsize=7, ncol=4)
+        axes.set_title(f"{bench['setup']['data']}, N = {bench['setup']['n_used']}")
+
+    return write_results(out_dir, name, {**bench, "command": command}, bench_markdown(bench, command), draw)

@@ -1,0 +1,146 @@
+"""`meg route-bench`: routing quality on its own, no language model needed.
+
+For each router variant: the share of edit prompts routed to their own edit, of paraphrases routed to their own
+edit, and of locality prompts routed anywhere, at the calibrated operating point and as a curve over the
+router's threshold. Calibration uses only the shipped pseudo pairs and unrelated queries (disjoint from the
+test data); the test paraphrases and locality prompts are only ever scored.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from meg.config import MegConfig
+from meg.encoder import EncoderConfig
+from meg.pseudo_edits import split_pairs
+from meg.requests import EditRequest, PseudoPair
+from meg.results import markdown_table, write_results
+from meg.routing import Routes, RoutingData, router_class
+from meg.stages import tuned_encoder
+
+
+@dataclass(frozen=True)
+class RouterVariant:
+    """One router setting to measure."""
+
+    label: str
+    router: str
+    tuned_encoder: bool = True
+    use_subjects: bool = True  # False: the edits are given without a subject field
+    encoder_config: dict | None = None  # overrides of EncoderConfig fields (e.g. hard negatives)
+
+
+VARIANTS: dict[str, RouterVariant] = {
+    "paper-gate/untuned": RouterVariant("paper gate, untuned encoder", "paper-gate", tuned_encoder=False),
+    "paper-gate/tuned": RouterVariant("paper gate, InfoNCE encoder", "paper-gate"),
+    "nearest/tuned": RouterVariant("retrieval with edits given WITHOUT subjects (nearest edit + calibrated cosine), "
+                                   "InfoNCE encoder", "retrieval", use_subjects=False),
+    "retrieval/tuned": RouterVariant("subject-verified retrieval, InfoNCE encoder", "retrieval"),
+    "retrieval/untuned": RouterVariant("subject-verified retrieval, untuned encoder", "retrieval", tuned_encoder=False),
+    "retrieval/hard": RouterVariant("subject-verified retrieval, InfoNCE + hard negatives (T 0.05)", "retrieval",
+                                    encoder_config={"hard_negatives": 2, "temperature": 0.05}),
+    "nearest/hard": RouterVariant("retrieval with edits given WITHOUT subjects (nearest edit + calibrated cosine), "
+                                  "hard-negative encoder", "retrieval", use_subjects=False,
+                                  encoder_config={"hard_negatives": 2, "temperature": 0.05}),
+}
+
+
+@dataclass
+class QuerySets:
+    """The three scored query sets (row i belongs to edit i) and their embeddings."""
+
+    edits: list[str]
+    paraphrases: list[str]
+    locality: list[str]
+
+
+def query_sets(requests: Sequence[EditRequest]) -> QuerySets:
+    return QuerySets([r.prompt for r in requests], [r.paraphrases[0] for r in requests],
+                     [r.unrelated[0] for r in requests])
+
+
+def rates(routes: dict[str, Routes]) -> dict[str, float]:
+    """Percentages: edit prompts / paraphrases routed to their OWN edit, locality prompts routed at all."""
+    own = {}
+    for name in ("edits", "paraphrases"):
+        r = routes[name]
+        own[name] = 100.0 * float((r.routed & (r.edit == torch.arange(len(r.edit)))).double().mean())
+    return {"edit_own": own["edits"], "paraphrase_own": own["paraphrases"],
+            "locality_routed": 100.0 * float(routes["locality"].routed.double().mean())}
+
+
+def _measure(router, sets: QuerySets, embed) -> dict[str, Any]:
+    texts = {"edits": sets.edits, "paraphrases": sets.paraphrases, "locality": sets.locality}
+    emb = {name: embed(t) for name, t in texts.items()}
+    point = rates({name: router.route(texts[name], emb[name]) for name in texts})
+    curves = {name: router.curve(texts[name], emb[name]) for name in texts}
+    curve = [{"threshold": value, **rates({name: curves[name][i][1] for name in texts})}
+             for i, (value, _) in enumerate(curves["edits"])]
+    return {"operating_point": point, "curve": curve}
+
+
+def bench_variant(variant: RouterVariant, requests: Sequence[EditRequest], pairs: Sequence[PseudoPair],
+                  unrelated: Sequence[str], work: Path | None, progress: bool = True) -> dict[str, Any]:
+    """Fit one router variant on the edits (calibrating on `unrelated`) and score the three query sets."""
+    encoder_config = EncoderConfig(**{**EncoderConfig().to_dict(), "tune": variant.tuned_encoder,
+                                      **(variant.encoder_config or {})})
+    start = time.perf_counter()
+    tune_pairs, calibration_pairs = split_pairs(pairs)
+    encoder, _ = tuned_encoder(encoder_config, tune_pairs, work, progress=progress)
+    embed = lambda texts: encoder.encode(list(texts), progress=False)  # noqa: E731 (a one-line closure)
+    edits = requests if variant.use_subjects else [replace(r, subject=None) for r in requests]
+    data = RoutingData([r.prompt for r in edits], embed([r.prompt for r in edits]), [r.subject for r in edits],
+                       list(unrelated), embed(unrelated), calibration_pairs, extra={"encode": embed})
+    config = MegConfig(router=variant.router, encoder=encoder_config)
+    fit_start = time.perf_counter()
+    router = router_class(variant.router).fit(data, config, progress=progress)
+    fit_seconds = time.perf_counter() - fit_start
+    result = _measure(router, query_sets(requests), embed)
+    calibration = {k: v for k, v in router.config_dict().items() if k != "training"}
+    return {"variant": asdict(variant), **result, "calibration": calibration,
+            "fit_seconds": round(fit_seconds, 2), "seconds": round(time.perf_counter() - start, 2)}
+
+
+def route_bench(requests: Sequence[EditRequest], variants: Sequence[str], pairs: Sequence[PseudoPair],
+                unrelated: Sequence[str], work: Path | None, progress: bool = True) -> dict[str, Any]:
+    """Every variant on the same edits; requests lacking a paraphrase or an unrelated prompt are skipped."""
+    usable = [r for r in requests if r.paraphrases and r.unrelated]
+    taken = {r.prompt for r in usable} | {r.paraphrases[0] for r in usable} | {r.unrelated[0] for r in usable}
+    pairs = [p for p in pairs if p.question not in taken and p.paraphrase not in taken]
+    unrelated = [q for q in unrelated if q not in taken]
+    results = {name: bench_variant(VARIANTS[name], usable, pairs, unrelated, work, progress) for name in variants}
+    return {"n": len(usable), "pseudo_pairs": len(pairs), "calibration_queries": len(unrelated), "variants": results}
+
+
+def write_route_bench(out_dir: str | Path, name: str, bench: dict[str, Any], setup: dict[str, Any]) -> dict[str, Path]:
+    rows = []
+    for key, result in bench["variants"].items():
+        p = result["operating_point"]
+        rows.append([key, result["variant"]["label"], f"{p['edit_own']:.1f}", f"{p['paraphrase_own']:.1f}",
+                     f"{p['locality_routed']:.1f}", result["fit_seconds"]])
+    table = markdown_table(["router", "setting", "edit prompts -> own edit %", "paraphrases -> own edit %",
+                            "locality routed %", "fit s"], rows)
+    header = (f"# Routing: {setup['data']} (N = {bench['n']})\n\nCommand: `{setup['command']}`\n\n"
+              f"Calibration: {bench['calibration_queries']} shipped unrelated queries, {bench['pseudo_pairs']} shipped "
+              f"pseudo pairs (disjoint from the test data); target unrelated routing rate 2%.\n\n")
+
+    def draw(axes) -> None:
+        for key, result in bench["variants"].items():
+            curve = result["curve"]
+            axes.plot([c["locality_routed"] for c in curve], [c["paraphrase_own"] for c in curve], label=key)
+            p = result["operating_point"]
+            axes.scatter([p["locality_routed"]], [p["paraphrase_own"]], marker="o")
+        axes.axvline(2.0, color="grey", linestyle=":", linewidth=1)
+        axes.set_xlabel("locality prompts routed (%)")
+        axes.set_ylabel("paraphrases routed to their own edit (%)")
+        axes.set_xscale("symlog", linthresh=1.0)
+        axes.legend(fontsize=7)
+        axes.set_title(f"routing, {setup['data']}, N = {bench['n']} (dots: calibrated points)")
+
+    return write_results(out_dir, name, {"setup": setup, **bench}, header + table, draw)

@@ -1,0 +1,59 @@
+"""Data shipped with the package (meg/assets/*.jsonl, built by scripts/build_default_assets.py).
+
+- pseudo_pairs.jsonl: (question, paraphrase) pairs for tuning the query encoder (paper stage 1). They come from
+  CounterFact's train split and MEND's ZsRE train split only, so they never overlap a benchmark's edits.
+- unrelated.jsonl: unrelated queries (CounterFact-train locality prompts, NQ questions) for gate calibration.
+- demo_counterfact.jsonl: 300 CounterFact edits (the first records of counterfact-val.json) for demos.
+Files are read when a function is called, never at import.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from meg.requests import EditRequest, PseudoPair, load_edit_file, load_pseudo_pairs, load_queries
+
+PSEUDO_PAIRS_FILE = "pseudo_pairs.jsonl"
+UNRELATED_FILE = "unrelated.jsonl"
+DEMO_COUNTERFACT_FILE = "demo_counterfact.jsonl"
+
+
+def assets_dir() -> Path:
+    """The package's asset directory (meg/assets)."""
+    return Path(__file__).resolve().parents[1] / "assets"
+
+
+def default_pseudo_pairs() -> list[PseudoPair]:
+    """About 3,000 (question, paraphrase) pairs disjoint from the benchmark edit files."""
+    return load_pseudo_pairs(assets_dir() / PSEUDO_PAIRS_FILE)
+
+
+def default_unrelated() -> list[str]:
+    """About 2,000 queries unrelated to any benchmark edit."""
+    return load_queries(assets_dir() / UNRELATED_FILE)
+
+
+def demo_requests() -> list[EditRequest]:
+    """300 CounterFact edit requests (with paraphrases, unrelated prompts and true objects) for demos."""
+    return load_edit_file(assets_dir() / DEMO_COUNTERFACT_FILE)
+
+
+def demo_dataset():
+    """The shipped CounterFact sample as a `meg.data.Dataset` (counterfact template)."""
+    from meg.data import Dataset
+    from meg.data.templates import TEMPLATES
+
+    path = assets_dir() / DEMO_COUNTERFACT_FILE
+    return Dataset("counterfact-sample", "counterfact", demo_requests(), TEMPLATES["counterfact"], path)
+
+
+__all__ = [
+    "DEMO_COUNTERFACT_FILE",
+    "demo_dataset",
+    "PSEUDO_PAIRS_FILE",
+    "UNRELATED_FILE",
+    "assets_dir",
+    "default_pseudo_pairs",
+    "default_unrelated",
+    "demo_requests",
+]

@@ -1,0 +1,67 @@
+"""Resumable pipeline stages: a stage's output is stored in a work directory under a hash of its inputs, so a
+rerun with the same inputs loads it instead of recomputing (encoder tuning and generator training take minutes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from meg import files
+from meg.diffusion.generator import GeneratorConfig, WeightGenerator
+from meg.diffusion.train import train_generator
+from meg.encoder import EncoderConfig, QueryEncoder
+from meg.errors import InputError
+from meg.requests import PseudoPair
+
+
+def digest(*parts: Any) -> str:
+    """A short stable hash of JSON-serialisable parts (tensors by their bytes)."""
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, torch.Tensor):
+            h.update(part.detach().cpu().contiguous().numpy().tobytes())
+        else:
+            h.update(json.dumps(part, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def tuned_encoder(config: EncoderConfig, pairs: Sequence[PseudoPair], work: Path | None,
+                  device: str | torch.device = "cpu", progress: bool = True) -> tuple[QueryEncoder, dict | None]:
+    """The query encoder of `config`, its last layer tuned on `pairs` (paper stage 1) unless `config.tune` is off.
+
+    Returns the encoder and its tuning log (None when untuned; {"resumed_from": ...} when loaded from `work`).
+    """
+    encoder = QueryEncoder.from_config(config, device=device)
+    if not config.tune:
+        return encoder, None
+    cached = work / f"encoder-{digest(config.to_dict(), [asdict(p) for p in pairs])}.safetensors" if work else None
+    if cached and cached.is_file():
+        encoder.load_tuned_state(files.load_tensors(cached))
+        return encoder, {"resumed_from": cached.name}
+    if not pairs:
+        raise InputError("encoder tuning needs pseudo-edit pairs disjoint from the edits; none are left")
+    log = encoder.tune(pairs, progress=progress).to_dict()
+    if cached:
+        files.save_tensors(cached, encoder.tuned_state())
+    return encoder, log
+
+
+def trained_generator(config: GeneratorConfig, vectors: torch.Tensor, conds: torch.Tensor,
+                      zero_conds: torch.Tensor | None, work: Path | None, device: str | torch.device = "cpu",
+                      progress: bool = True) -> tuple[WeightGenerator, dict]:
+    """A diffusion generator trained on (conds -> vectors) (paper stage 4), or the one stored in `work`."""
+    key = digest(config.to_dict(), vectors, conds, zero_conds if zero_conds is not None else 0)
+    cached = work / f"generator-{key}" if work else None
+    if cached and (cached / files.PACK_GENERATOR).is_file():
+        return WeightGenerator.load(cached, device=device), {"resumed_from": cached.name}
+    generator, log = train_generator(vectors, conds, config, zero_conds=zero_conds, progress=progress)
+    if cached:
+        generator.save(cached)
+    return generator, log.to_dict()

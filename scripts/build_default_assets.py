@@ -1,0 +1,104 @@
+"""Build the data shipped in meg/assets (pseudo pairs, unrelated queries, demo edits) from the shared data sets.
+
+    python scripts/build_default_assets.py [--data ../shared/data] [--out meg/assets]
+
+Deterministic: records are taken in file order. Pseudo pairs and unrelated queries come ONLY from the training
+splits (counterfact-train.json, zsre_mend_train-1k.json), and any query that also appears in a benchmark file
+(counterfact-edit/val.json, knowedit_zsre_test_all.json: prompt, paraphrase or locality prompt) is skipped, so
+tuning the encoder or calibrating the gate never sees a benchmark query.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+from meg.data import load_dataset
+from meg.data.defaults import DEMO_COUNTERFACT_FILE, PSEUDO_PAIRS_FILE, UNRELATED_FILE
+from meg.data.records import read_records, text, where
+from meg.data.zsre import strip_nq_prefix
+from meg.files import atomic_write_text
+from meg.requests import write_edit_file
+
+REPO = Path(__file__).resolve().parents[1]
+BENCHMARK_FILES = ("counterfact/counterfact-edit.json", "counterfact/counterfact-val.json", "zsre/knowedit_zsre_test_all.json")
+CF_TRAIN, MEND_TRAIN, CF_VAL = "counterfact/counterfact-train.json", "zsre/zsre_mend_train-1k.json", "counterfact/counterfact-val.json"
+
+
+def key(query: str) -> str:
+    """Queries compare case- and space-insensitively."""
+    return " ".join(query.lower().split())
+
+
+def benchmark_queries(data: Path) -> set[str]:
+    """Every prompt, paraphrase and unrelated prompt of the benchmark edit files."""
+    queries = set()
+    for name in BENCHMARK_FILES:
+        for request in load_dataset(data / name).requests:
+            queries.update(key(q) for q in (request.prompt, *request.paraphrases, *request.unrelated))
+    return queries
+
+
+def mend_rows(data: Path) -> list[tuple[str, str, str, str]]:
+    """(question, paraphrase, NQ question, subject) of every MEND record (its new answer is not needed here)."""
+    path = data / MEND_TRAIN
+    rows = []
+    for index, record in enumerate(read_records(path)):
+        at = where(path, index)
+        rows.append((text(record, "src", at), text(record, "rephrase", at), strip_nq_prefix(text(record, "loc", at)),
+                     text(record, "subject", at)))
+    return rows
+
+
+def take(items: Iterable[tuple[str, ...]], limit: int, excluded: set[str], checked: int | None = None) -> list[tuple[str, ...]]:
+    """The first `limit` items none of whose first `checked` strings (default: all) is excluded or was taken
+    before (a subject may repeat; the queries may not)."""
+    taken, seen = [], set(excluded)
+    for item in items:
+        keys = [key(s) for s in item[:checked]]
+        if any(k in seen for k in keys):
+            continue
+        seen.update(keys)
+        taken.append(item)
+        if len(taken) == limit:
+            break
+    return taken
+
+
+def jsonl(rows: Iterable[dict]) -> str:
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+
+
+def build(data: Path, out: Path, cf_pairs: int, per_source_unrelated: int, demo: int) -> dict[str, int]:
+    """Write the three asset files into `out`; -> number of rows written per file."""
+    excluded = benchmark_queries(data)
+    cf_train = load_dataset(data / CF_TRAIN).requests
+    mend = mend_rows(data)
+    # Subjects ride along (not checked for overlap): encoder tuning swaps them to build hard negatives.
+    pairs = take(((r.prompt, r.paraphrases[0], r.subject) for r in cf_train if r.paraphrases), cf_pairs, excluded, 2)
+    pairs += take(((q, p, s) for q, p, _, s in mend), len(mend), excluded, 2)
+    unrelated = take(((u,) for r in cf_train for u in r.unrelated), per_source_unrelated, excluded)
+    unrelated += take(((nq,) for _, _, nq, _ in mend), per_source_unrelated, excluded)
+    atomic_write_text(out / PSEUDO_PAIRS_FILE, jsonl({"question": q, "paraphrase": p, "subject": s} for q, p, s in pairs))
+    atomic_write_text(out / UNRELATED_FILE, jsonl({"prompt": u} for (u,) in unrelated))
+    write_edit_file(load_dataset(data / CF_VAL).requests[:demo], out / DEMO_COUNTERFACT_FILE)
+    return {PSEUDO_PAIRS_FILE: len(pairs), UNRELATED_FILE: len(unrelated), DEMO_COUNTERFACT_FILE: demo}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=REPO / ".." / "shared" / "data", help="shared data directory")
+    parser.add_argument("--out", type=Path, default=REPO / "meg" / "assets", help="asset directory")
+    parser.add_argument("--cf-pairs", type=int, default=2000, help="CounterFact (prompt, paraphrase) pairs")
+    parser.add_argument("--unrelated", type=int, default=1000, help="unrelated queries per source")
+    parser.add_argument("--demo", type=int, default=300, help="demo edits (first records of counterfact-val)")
+    args = parser.parse_args(argv)
+    counts = build(args.data.resolve(), args.out, args.cf_pairs, args.unrelated, args.demo)
+    for name, count in counts.items():
+        print(f"{args.out / name}: {count} rows")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""Every CLI command on toy inputs: exit codes, files written, one-line errors (typer's CliRunner)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import FACTS, NEW_TARGETS, PARAPHRASES, PSEUDO_PAIRS, SUBJECTS, UNRELATED, tiny_config
+from meg.cli.main import app
+
+pytestmark = pytest.mark.integration
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, fact_gpt2, tokenizer):
+    """A saved tiny model, an 8-record edit file, pseudo pairs, unrelated queries and a tiny MeG config."""
+    root = tmp_path_factory.mktemp("cli")
+    fact_gpt2.save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    rows = [{"prompt": p, "target": t, "subject": s, "paraphrases": [para], "unrelated": [UNRELATED[i]],
+             "case_id": i} for i, ((p, _), t, s, para) in enumerate(zip(FACTS, NEW_TARGETS, SUBJECTS, PARAPHRASES))]
+    (root / "edits.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:8]))
+    (root / "pairs.jsonl").write_text("".join(json.dumps({"question": q, "paraphrase": p}) + "\n" for q, p in PSEUDO_PAIRS))
+    (root / "unrelated.jsonl").write_text("".join(json.dumps({"prompt": q}) + "\n" for q in UNRELATED[20:]))
+    (root / "config.json").write_text(json.dumps(tiny_config().to_dict()))
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEG_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def invoke(*args: str):
+    result = runner.invoke(app, [str(a) for a in args])
+    return result
+
+
+def test_edit_then_generate(workspace):
+    w = workspace
+    result = invoke("edit", "--model", w / "model", "--edits", w / "edits.jsonl", "--out", w / "pack",
+                    "--pseudo-pairs", w / "pairs.jsonl", "--unrelated", w / "unrelated.jsonl", "--config", w / "config.json")
+    assert result.exit_code == 0, result.output
+    assert "8 edits" in result.output and (w / "pack" / "pack_config.json").is_file()
+    result = invoke("generate", "--model", w / "model", "--pack", w / "pack", "--prompt", FACTS[0][0],
+                    "--prompt", UNRELATED[0], "--json")
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(x) for x in result.stdout.strip().splitlines()]
+    assert lines[0]["routed"] and lines[0]["output"].strip().rstrip(".") == NEW_TARGETS[0]
+    assert not lines[1]["routed"]
+
+
+def test_edit_refuses_to_overwrite(workspace):
+    w = workspace
+    (w / "taken").mkdir(exist_ok=True)
+    result = invoke("edit", "--model", w / "model", "--edits", w / "edits.jsonl", "--out", w / "taken")
+    assert result.exit_code == 2 and "already exists" in result.output
+
+
+def test_run_writes_the_report_and_resumes(workspace):
+    w, out = workspace, workspace / "run"
+    args = ("run", "--model", w / "model", "--data", w / "edits.jsonl", "--n", "8", "--out", out, "--config", w / "config.json")
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["metrics"]) == {"rel_ag", "gen_ag", "loc_ag", "rel_tf", "gen_tf", "loc_tf", "score"}
+    assert report["metrics"]["rel_ag"] >= 75.0 and report["metrics"]["loc_ag"] == 100.0
+    assert report["cases"] == 8 and "locality" in report["protocol"] and report["setup"]["n_used"] == 8
+    assert set(report["wall_seconds"]) >= {"load", "pre_edit_outputs", "edit", "evaluate", "total"}
+    assert "| Rel-AG |" in (out / "report.md").read_text() and (out / "report.png").stat().st_size > 0
+    records = [json.loads(x) for x in (out / "records.jsonl").read_text().splitlines()]
+    assert len(records) == 8 and {"prompt", "generated", "expected", "ag", "routed"} <= set(records[0]["reliability"])
+    # A second call finds the pack and the records: nothing is edited or scored again.
+    again = invoke(*args)
+    assert again.exit_code == 0 and (out / "records.jsonl").read_text().count("\n") == 8
+    # Changing a setting without --overwrite is refused.
+    changed = invoke("run", "--model", w / "model", "--data", w / "edits.jsonl", "--n", "4", "--out", out)
+    assert changed.exit_code == 2 and "holds a run with other settings" in changed.output
+
+
+def test_eval_an_existing_pack(workspace):
+    w = workspace
+    if not (w / "pack").exists():
+        test_edit_then_generate(w)
+    result = invoke("eval", "--model", w / "model", "--pack", w / "pack", "--data", w / "edits.jsonl", "--out", w / "eval")
+    assert result.exit_code == 0, result.output
+    assert json.loads((w / "eval" / "report.json").read_text())["cases"] == 8
+
+
+def test_bad_edit_file_is_one_line(workspace, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "The capital of France is"}\n')
+    result = invoke("edit", "--model", workspace / "model", "--edits", bad, "--out", tmp_path / "p")
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines()[-1] == f"error: {bad} record 0: missing field 'target'"
+
+
+def test_env_prints_versions():
+    result = invoke("env")
+    assert result.exit_code == 0 and '"torch"' in result.output
