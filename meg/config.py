@@ -9,6 +9,10 @@ named option with its reason here:
   generator-throughput.md), far more than a small model's own generation.
 - `weights`: "generated" (paper) or "retrieved" (the kNN ablation: the collected vector of the matched edit).
 - `condition`: "query" (paper: the query's own embedding) or "matched-edit" (the matched edit's embedding).
+- `router`: "retrieval" (ours, subject-verified nearest edit) by default; "paper-gate" is the paper's
+  familiarity network. `encoder` defaults to InfoNCE with 2 synthetic hard negatives per pair at temperature
+  0.05 (ours); the paper's tuning is `EncoderConfig(hard_negatives=0, temperature=1.0)`. Both choices are the
+  best measured routing (docs/results/routing-*.md, docs/LOG.md); `MegConfig.paper()` restores the paper's.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ class MegConfig:
 
     layer: int | None = None  # None: the architecture's default layer (meg.architectures)
     collection: CollectionConfig | None = None
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    encoder: EncoderConfig = field(default_factory=lambda: EncoderConfig(hard_negatives=2, temperature=0.05))
     router: str = "retrieval"  # best measured (docs/results/routing-*.md); "paper-gate" = the paper
     gate: GateConfig = field(default_factory=GateConfig)  # the "paper-gate" router's settings
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)  # the "retrieval" router's settings
@@ -72,6 +76,11 @@ class MegConfig:
             raise InputError(f"MegConfig.condition must be 'query' or 'matched-edit', got {self.condition!r}")
         if self.sampling_steps is not None and self.sampling_steps < 1:
             raise InputError(f"MegConfig.sampling_steps must be >= 1, got {self.sampling_steps}")
+
+    @classmethod
+    def paper(cls, **overrides: Any) -> MegConfig:
+        """The paper's configuration: familiarity gate, InfoNCE with in-batch negatives at temperature 1.0."""
+        return cls(**{"router": "paper-gate", "encoder": EncoderConfig(), **overrides})
 
     def generator_for(self, dim: int) -> GeneratorConfig:
         """The generator config to use for neuron vectors of length `dim` (see module docstring)."""

@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from meg.prompts import PromptTemplate
 from meg.pseudo_edits import split_pairs
 from meg.requests import EditRequest, PseudoPair, deduplicate
 from meg.routing import RoutingData, router_class
-from meg.stages import trained_generator, tuned_encoder
+from meg.stages import digest, trained_generator, tuned_encoder
 from meg.surgery import neuron_spec
 
 log = logging.getLogger("meg")
@@ -94,10 +95,14 @@ class MegEditor:
             data = RoutingData([r.prompt for r in requests], edit_emb, [r.subject for r in requests],
                                list(unrelated), unrelated_emb, calibration_pairs, extra={"encode": encoder.encode})
             router = router_class(self.config.router).fit(data, self.config, progress=progress)
-        spec = neuron_spec(self.model, self.config.layer)
+        spec, collection_config = neuron_spec(self.model, self.config.layer), self._collection_config()
         with self._stage("collect"):
-            collection = collect_weights(self.model, self.tokenizer, spec, requests, self._collection_config(),
-                                         self.template, work / "collection" if work else None, progress)
+            # One cache directory per collection job, so runs with other settings never collide.
+            key = digest(asdict(spec), collection_config.to_dict(), self.template.text,
+                         [(r.prompt, r.target) for r in requests])
+            cache = work / f"collection-{key}" if work else None
+            collection = collect_weights(self.model, self.tokenizer, spec, requests, collection_config,
+                                         self.template, cache, progress)
         generator, generator_log = self._generator(requests, collection, edit_emb, unrelated_emb, encoder, spec.dim,
                                                    work, progress)
         return EditPack(

@@ -24,6 +24,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: sleeping Op
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / ".." / "shared" / "data"
+METRIC_HEADERS = ["Rel AG", "Gen AG", "Loc AG", "Rel TF", "Gen TF", "Loc TF"]
 STATS_TEXTS = 10000  # corpus lines for the key statistics (the LocateConfig.mom2_n_texts default)
 
 # (method, short name, config fields), for the 6-layer reference model (MeG's default layer there: 2). MEMIT and
@@ -85,8 +86,8 @@ def score_setting(model, tokenizer, dataset, pre_edit, method: str, config: dict
     with tempfile.TemporaryDirectory() as run_dir:
         records = evaluate(lm, dataset.requests, pre_edit, run_dir, progress=False)
     stats = {k: v for k, v in lm.stats().items() if k not in ("config", "method")}
-    return {**aggregate(records).to_dict(), "edit_s": edit_seconds, "eval_s": time.perf_counter() - start - edit_seconds,
-            "stats": stats}  # fmt: skip
+    eval_seconds = time.perf_counter() - start - edit_seconds
+    return {**aggregate(records).to_dict(), "edit_s": edit_seconds, "eval_s": eval_seconds, "stats": stats}
 
 
 def precompute_statistics(model, tokenizer, data_dir: Path) -> dict:
@@ -114,10 +115,11 @@ def _statistics_record(work: Path, measured: dict) -> dict:
 def markdown(rows: list[dict], setup: dict, chosen: dict) -> str:
     from meg.results import markdown_table
 
-    headers = ["method", "setting", "Rel AG", "Gen AG", "Loc AG", "Rel TF", "Gen TF", "Loc TF", "Score", "edit s", "eval s"]
+    headers = ["method", "setting", *METRIC_HEADERS, "Score", "edit s", "eval s"]
     cells = [[r["method"], r["name"], *(r[c] for c in ("rel_ag", "gen_ag", "loc_ag", "rel_tf", "gen_tf", "loc_tf",
               "score", "edit_s", "eval_s"))] for r in rows]  # fmt: skip
-    best = "\n".join(f"- {m}: `{r['name']}` (Score {r['score']:.2f}): `{json.dumps(r['config'])}`" for m, r in chosen.items())
+    best = "\n".join(f"- {m}: `{r['name']}` (Score {r['score']:.2f}): `{json.dumps(r['config'])}`"
+                     for m, r in chosen.items())
     total = sum(r["edit_s"] + r["eval_s"] for r in rows)
     return (f"# Baseline hyperparameter sweep (reference model)\n\nCommand: `{setup['command']}`. {setup['n']} edits "
             f"(first records of counterfact-val.json), one batch; paper metrics (percent), Score = harmonic mean. "
@@ -149,7 +151,8 @@ def main() -> None:
     base = PlainLM(model, tokenizer, dataset.template)
     pre_edit = pre_edit_outputs(base, [r.unrelated[0] for r in dataset.requests if r.unrelated], None, progress=False)
     done_path = args.work / "settings.jsonl"
-    done = {(r["method"], r["name"]): r for r in map(json.loads, done_path.read_text().splitlines())} if done_path.exists() else {}
+    lines = done_path.read_text().splitlines() if done_path.exists() else []
+    done = {(r["method"], r["name"]): r for r in map(json.loads, lines)}
     methods = set(args.only.split(",")) if args.only else {m for m, _, _ in GRID}
     rows: list[dict] = []
     for method, name, fields in GRID:
@@ -167,7 +170,7 @@ def main() -> None:
         rows.append(row)
     methods_run = sorted({r["method"] for r in rows} - {"unedited"})
     chosen = {m: max((r for r in rows if r["method"] == m), key=lambda r: r["score"]) for m in methods_run}
-    command = "python scripts/sweep_baselines.py " + " ".join(f"--{k} {v}" for k, v in (("n", args.n), ("threads", args.threads)))
+    command = f"python scripts/sweep_baselines.py --n {args.n} --threads {args.threads}"
     setup = {"command": command, "model": args.model, "n": args.n, "threads": args.threads, "statistics": statistics,
              "data": "counterfact-val.json", "template": dataset.template.text}  # fmt: skip
     data = {"setup": setup, "rows": rows, "chosen": {m: r["config"] for m, r in chosen.items()}}

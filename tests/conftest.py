@@ -50,13 +50,18 @@ UNRELATED = [f"The {rel} of {name} is" for name in ("Maria Lopez", "Hans Weber",
              ("favourite food", "home town", "employer", "best friend", "car brand", "pet")]
 # (question, paraphrase) pairs about facts that are NOT edited, for tuning the query encoder.
 PSEUDO_PAIRS = [
-    ("The capital of Spain is", "Spain's capital city is"), ("The currency of Japan is", "Japan pays with the"),
-    ("Lionel Messi plays for", "The club of Lionel Messi is"), ("The author of Hamlet is", "Hamlet was written by"),
-    ("The Eiffel Tower is located in", "The Eiffel Tower can be found in"),
-    ("The founder of Microsoft is", "Microsoft was founded by"), ("Mount Fuji is in", "Mount Fuji is located in"),
-    ("The language of Brazil is", "Brazil's official language is"),
-    ("The CEO of Tesla is", "Tesla is led by"), ("The Nile flows through", "The river Nile runs through"),
-    ("Beethoven was born in", "The birthplace of Beethoven is"), ("Python was created by", "The creator of Python is"),
+    ("The capital of Spain is", "Spain's capital city is", "Spain"),
+    ("The currency of Japan is", "Japan pays with the", "Japan"),
+    ("Lionel Messi plays for", "The club of Lionel Messi is", "Lionel Messi"),
+    ("The author of Hamlet is", "Hamlet was written by", "Hamlet"),
+    ("The Eiffel Tower is located in", "The Eiffel Tower can be found in", "Eiffel Tower"),
+    ("The founder of Microsoft is", "Microsoft was founded by", "Microsoft"),
+    ("Mount Fuji is in", "Mount Fuji is located in", "Mount Fuji"),
+    ("The language of Brazil is", "Brazil's official language is", "Brazil"),
+    ("The CEO of Tesla is", "Tesla is led by", "Tesla"),
+    ("The Nile flows through", "The river Nile runs through", "Nile"),
+    ("Beethoven was born in", "The birthplace of Beethoven is", "Beethoven"),
+    ("Python was created by", "The creator of Python is", "Python"),
 ]
 
 
@@ -128,12 +133,15 @@ def tiny_config(**overrides):
     from meg.diffusion.generator import CONFIGS
     from meg.encoder import EncoderConfig
     from meg.gate import GateConfig
+    from meg.routing import RetrievalConfig
 
     base = dict(
         layer=1,
         collection=preset("small-gpt2"),
-        encoder=EncoderConfig(epochs=2, batch_size=8),
+        encoder=EncoderConfig(epochs=2, batch_size=8, hard_negatives=2, temperature=0.05),
         gate=GateConfig(max_epochs=300),
+        # 12 pseudo pairs are too few to calibrate the subject threshold (it needs >= 20 held out).
+        retrieval=RetrievalConfig(subject_threshold=0.5),
         generator=replace(CONFIGS["small-gpt2"], max_steps=1000, eval_every=500, sampling_steps=4),
     )
     return MegConfig(**{**base, **overrides})

@@ -23,7 +23,7 @@ def workspace(tmp_path_factory, fact_gpt2, tokenizer):
     rows = [{"prompt": p, "target": t, "subject": s, "paraphrases": [para], "unrelated": [UNRELATED[i]],
              "case_id": i} for i, ((p, _), t, s, para) in enumerate(zip(FACTS, NEW_TARGETS, SUBJECTS, PARAPHRASES))]
     (root / "edits.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:8]))
-    (root / "pairs.jsonl").write_text("".join(json.dumps({"question": q, "paraphrase": p}) + "\n" for q, p in PSEUDO_PAIRS))
+    (root / "pairs.jsonl").write_text("".join(json.dumps({"question": q, "paraphrase": p, "subject": s}) + "\n" for q, p, s in PSEUDO_PAIRS))
     (root / "unrelated.jsonl").write_text("".join(json.dumps({"prompt": q}) + "\n" for q in UNRELATED[20:]))
     (root / "config.json").write_text(json.dumps(tiny_config().to_dict()))
     return root

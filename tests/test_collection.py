@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -14,7 +16,7 @@ from meg.prompts import answers_match
 from meg.requests import EditRequest
 from meg.surgery import neuron_spec
 
-CONFIG = CollectionConfig(lr=10.0, steps=60, input_lr_scale=0.01, init_bias=1.0, batch_size=8, max_new_tokens=4)
+CONFIG = CollectionConfig(lr=3.0, steps=100, input_lr_scale=0.01, init_bias=1.0, batch_size=8, max_new_tokens=4)
 REQUESTS = [EditRequest(p, t, case_id=str(i)) for i, ((p, _), t) in enumerate(zip(FACTS, NEW_TARGETS))]
 
 
@@ -90,7 +92,7 @@ def test_resume_after_interruption_gives_the_same_vectors(fact_gpt2, tokenizer, 
     calls.clear()
     fail_at.clear()
     resumed = collect_weights(fact_gpt2, tokenizer, spec, REQUESTS, config, cache_dir=tmp_path, progress=False)
-    assert len(calls) == 2  # chunks 1 and 2 only; chunk 0 came from disk
+    assert len(calls) == math.ceil(len(REQUESTS) / 3) - 1  # every chunk but chunk 0, which came from disk
     assert torch.equal(resumed.vectors, reference.vectors)
     assert resumed.predictions == reference.predictions
 

@@ -13,6 +13,7 @@ from meg.decoding import greedy_generate
 from meg.edited_model import EditedModel
 from meg.editor import MegEditor
 from meg.errors import PackError
+from meg.gate import GateConfig
 from meg.pack import EditPack
 from meg.prompts import answers_match
 from meg.requests import EditRequest, PseudoPair
@@ -29,7 +30,7 @@ CALIBRATION, ASKED = UNRELATED[20:], UNRELATED[:20]
 
 def fit(model, tokenizer, config: MegConfig, requests=REQUESTS) -> EditPack:
     editor = MegEditor(model, tokenizer, config)
-    pairs = [PseudoPair(q, p) for q, p in PSEUDO_PAIRS]
+    pairs = [PseudoPair(q, p, s) for q, p, s in PSEUDO_PAIRS]
     return editor.fit([r.for_editing() for r in requests], pairs, CALIBRATION, progress=False)
 
 
@@ -79,7 +80,7 @@ def test_teacher_forced_scores_the_new_targets(edited):
     assert sum(scores) / len(scores) >= 0.9
 
 
-def test_save_load_gives_identical_generations(pack, edited, fact_gpt2, tokenizer, tmp_path):
+def test_save_load_gives_identical_generations(pack, fact_gpt2, tokenizer, tmp_path):
     pack.save(tmp_path / "pack")
     loaded = EditPack.load(tmp_path / "pack")
     for name, tensor in pack.collection.__dict__.items():
@@ -88,6 +89,9 @@ def test_save_load_gives_identical_generations(pack, edited, fact_gpt2, tokenize
     assert all(torch.equal(v, loaded.encoder_state[k]) for k, v in pack.encoder_state.items())
     prompts = [r.prompt for r in REQUESTS] + [r.paraphrases[0] for r in REQUESTS] + ASKED[:4]
     again = EditedModel(fact_gpt2, tokenizer, loaded)
+    # A fresh model on the in-memory pack: query embeddings depend on batch composition at the float-ulp level,
+    # so both sides must see the same batches (the shared `edited` fixture has cached other batches).
+    edited = EditedModel(fact_gpt2, tokenizer, pack)
     assert again.generate(prompts) == edited.generate(prompts)
     assert again.describe(prompts) == edited.describe(prompts)
     assert torch.equal(again.neuron_weights(prompts), edited.neuron_weights(prompts))
@@ -139,7 +143,9 @@ def test_duplicate_prompts_later_edit_wins(fact_gpt2, tokenizer):
 
 
 def test_paper_gate_router_and_retrieved_weights(fact_gpt2, tokenizer, tmp_path):
-    pack = fit(fact_gpt2, tokenizer, tiny_config(router="paper-gate", weights="retrieved"))
+    # 40 calibration queries support a 5% target rate (2% needs >= 49).
+    gate = GateConfig(max_epochs=300, target_unrelated_rate=0.05)
+    pack = fit(fact_gpt2, tokenizer, tiny_config(router="paper-gate", weights="retrieved", gate=gate))
     assert pack.generator is None and pack.router_config["calibration"]["method"] == "calibrated"
     edited = EditedModel(fact_gpt2, tokenizer, pack.save(tmp_path / "p") and EditPack.load(tmp_path / "p"))
     rows = edited.describe([r.prompt for r in REQUESTS])

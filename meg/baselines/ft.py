@@ -2,8 +2,8 @@
 
 Loss: mean negative log-likelihood of the target tokens of `template(prompt) + " " + target`, per edit, averaged
 over edits (`loss_tokens="answer"` adds "." + EOS, as MeG's weight collection does, so greedy decoding also
-learns to stop after the target); every other weight is frozen. Optimiser: AdamW for a fixed number of steps over the whole edit batch
-(mini-batches of `batch_size` accumulate into one step). `norm_constraint` is FT-L's L-infinity box around the
+learns to stop after the target); every other weight is frozen. Optimiser: AdamW for a fixed number of steps over
+the whole edit batch (mini-batches of `batch_size` accumulate into one step). `norm_constraint` is FT-L's L-infinity box around the
 original weights (Zhu et al. 2020, used by ROME/MEMIT's FT baseline): after each step every entry is clamped to
 within +-norm_constraint of its start value. The model is deep-copied first; the caller's model is untouched.
 """

@@ -65,7 +65,7 @@ KL_PROMPT = "{subject} is a"  # MEMIT's "essence" prompt
 
 @dataclass(frozen=True)
 class LocateConfig(BaselineConfig):
-    """Settings MEMIT and AlphaEdit share. Defaults: MEMIT's GPT-J hyperparameters (hparams/MEMIT/EleutherAI_gpt-j-6B)."""
+    """Settings MEMIT and AlphaEdit share; defaults are MEMIT's published GPT-J-6B hyperparameters."""
 
     layers: tuple[int, ...] | None = None  # edited layers; None: DEFAULT_SPAN layers ending at the MeG layer
     v_lr: float = 0.5
@@ -237,7 +237,8 @@ def _optimise_rows(model: nn.Module, edits: PreparedEdits, rows: slice, layer: i
 
 def optimise_targets(model: nn.Module, edits: PreparedEdits, layer: int, config: LocateConfig):
     """Step 1 for every edit, `batch_size` rows at a time: (z (N, d), final target NLL (N,))."""
-    results = [_optimise_rows(model, edits, rows, layer, config) for rows in chunks(len(edits.positions), config.batch_size)]
+    rows = chunks(len(edits.positions), config.batch_size)
+    results = [_optimise_rows(model, edits, part, layer, config) for part in rows]
     return torch.cat([z for z, _ in results]), torch.cat([nll for _, nll in results])
 
 
@@ -283,8 +284,8 @@ def locate_and_edit(model: nn.Module, tokenizer: PreTrainedTokenizerBase, reques
     layers = edit_layers(edited, config.layers, context.layer)
     _warn_if_final_block(edited, layers)
     device = next(edited.parameters()).device
-    prepared = prepare_edits(tokenizer, requests, context.template, context_length(edited), config.loss_tokens == "answer")
-    edits = _to_device(prepared, device)
+    suffix = config.loss_tokens == "answer"
+    edits = _to_device(prepare_edits(tokenizer, requests, context.template, context_length(edited), suffix), device)
     statistics = key_statistics(edited, tokenizer, layers, config, context.progress)  # before any edit
     z, nll = optimise_targets(edited, edits, layers[-1], config)
     norms = spread_update(edited, edits, z, layers, make_update(statistics), config.batch_size)

@@ -22,6 +22,7 @@ from meg.data.defaults import default_unrelated
 from meg.evaluation.harness import evaluate
 from meg.evaluation.metrics import COLUMNS, MetricTable, aggregate
 from meg.evaluation.report import HEADERS, metric_row
+from meg.benchmarks.oracle import oracle_generality
 from meg.evaluation.runner import RunConfig, edit_context, prepare_run
 from meg.methods import get_method
 from meg.results import markdown_table, write_results
@@ -83,14 +84,17 @@ def bench_method(name: str, prep, config: BenchConfig, run_dir: Path, mix: Seque
     requests = [r.for_editing() for r in prep.dataset.requests]
     with peak_rss() as memory:
         start = time.perf_counter()
-        edited = get_method(name)(prep.model, prep.tokenizer, requests, edit_context(run, prep.dataset, run_dir))
+        # Stage caches (tuned encoder, collected vectors) are keyed by their inputs: methods share them safely.
+        context = replace(edit_context(run, prep.dataset, run_dir), work_dir=run_dir.parent / "work")
+        edited = get_method(name)(prep.model, prep.tokenizer, requests, context)
         edit_seconds = time.perf_counter() - start
     start = time.perf_counter()
     records = evaluate(edited, prep.dataset.requests, prep.pre_edit, run_dir, run.chunk_size, run.max_new_tokens)
     eval_seconds = time.perf_counter() - start
     return {"method": name, "metrics": aggregate(records).to_dict(), "edit_seconds": round(edit_seconds, 2),
             "eval_seconds": round(eval_seconds, 2), "peak_rss_mb": round(memory["peak_mb"], 1),
-            "queries_per_second": round(throughput(edited, mix), 2), "stats": edited.stats()}
+            "queries_per_second": round(throughput(edited, mix), 2), "stats": edited.stats(),
+            "oracle_generality": oracle_generality(edited, prep.dataset.requests, run.max_new_tokens)}
 
 
 def bench_methods(config: BenchConfig, out_dir: str | Path, overwrite: bool = False) -> dict[str, Any]:
@@ -115,7 +119,11 @@ def bench_markdown(bench: dict[str, Any], command: str) -> str:
               f"Model: {setup['model']}. Filter: {setup['filter'] or 'none'}. Metrics as in the paper "
               "(see report protocol); edit s = wall time of editing; RSS = peak resident memory while editing; "
               "q/s = greedy answers per second on a fixed 50/50 mix of edited and unrelated prompts.\n\n")
-    return header + markdown_table(["Method", *HEADERS, "edit s", "RSS MB", "q/s"], rows)
+    oracle = [f"- {r['method']}: collected vector of the right edit on each paraphrase (oracle): Gen-AG "
+              f"{r['oracle_generality']['gen_ag']:.1f}, Gen-TF {r['oracle_generality']['gen_tf']:.1f}"
+              for r in bench["results"] if r.get("oracle_generality")]
+    table = markdown_table(["Method", *HEADERS, "edit s", "RSS MB", "q/s"], rows)
+    return header + table + ("\nGenerality upper bound:\n\n" + "\n".join(oracle) + "\n" if oracle else "")
 
 
 def write_bench(out_dir: str | Path, name: str, bench: dict[str, Any], command: str) -> dict[str, Path]:

@@ -10,6 +10,7 @@ from meg.methods.base import ApplyFn, EditContext, EditedLM
 # name -> "module:function"; resolved lazily so importing meg.methods stays cheap.
 METHODS: dict[str, str] = {
     "meg": "meg.methods.meg_method:apply_meg",
+    "meg-paper": "meg.methods.meg_method:apply_meg_paper",
     "knn": "meg.methods.meg_method:apply_knn",
     "mlp": "meg.methods.meg_method:apply_mlp",
     "unedited": "meg.methods.unedited:apply_unedited",

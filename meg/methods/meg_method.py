@@ -1,7 +1,8 @@
 """MeG behind the editing contract: fit an edit pack on the requests and return the `EditedModel`.
 
-With a `context.work_dir`, the fitted pack is saved to `<work_dir>/pack` and reused by a later call with the
-same edits and settings, so a benchmark that is interrupted after editing does not edit again.
+With a `context.work_dir`, the fitted pack is saved to `<work_dir>/pack-<hash of settings and edits>` and reused
+by a later call with the same edits and settings, so a benchmark that is interrupted after editing does not edit
+again; variants (kNN, MLP, the paper's gate) sharing a work directory also share its cached stages.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from meg.errors import PackError
 from meg.methods.base import EditContext
 from meg.pack import EditPack
 from meg.requests import EditRequest, deduplicate
+from meg.stages import digest
 from meg.surgery import neuron_spec
 
 log = logging.getLogger("meg")
@@ -52,7 +54,8 @@ def apply_meg(
 ) -> EditedModel:
     """Run the four MeG stages (or reuse the work directory's pack) and apply the pack to `model`."""
     config = meg_config(context)
-    pack_dir = Path(context.work_dir) / "pack" if context.work_dir else None
+    key = digest(config.to_dict(), context.template.text, [r.to_json() for r in requests])
+    pack_dir = Path(context.work_dir) / f"pack-{key}" if context.work_dir else None
     pack = _reusable(pack_dir, config, requests, context) if pack_dir else None
     if pack is None:
         editor = MegEditor(model, tokenizer, config, context.template)
@@ -77,3 +80,12 @@ def apply_mlp(model: nn.Module, tokenizer: PreTrainedTokenizerBase, requests: Se
     dim = neuron_spec(model, config.layer).dim
     generator = replace(config.generator_for(dim), architecture="mlp", preset="tiny")
     return apply_meg(model, tokenizer, requests, replace(context, config=replace(config, generator=generator)))
+
+
+def apply_meg_paper(model: nn.Module, tokenizer: PreTrainedTokenizerBase, requests: Sequence[EditRequest],
+                    context: EditContext) -> EditedModel:
+    """MeG as the paper configures it: the familiarity gate and the paper's encoder tuning (in-batch negatives,
+    temperature 1.0); everything else as `meg`."""
+    config = meg_config(context)
+    paper = replace(config, router="paper-gate", encoder=replace(config.encoder, hard_negatives=0, temperature=1.0))
+    return apply_meg(model, tokenizer, requests, replace(context, config=paper))  # = MegConfig.paper() + overrides

@@ -113,10 +113,14 @@ def _contains(tokens: tuple[str, ...], key: tuple[str, ...]) -> bool:
 def conformal_threshold(scores: torch.Tensor, rate: float) -> float:
     """Smallest threshold t such that a new exchangeable score passes (score >= t) with probability <= rate:
     the k-th largest score with k = floor(rate * (n + 1)), nudged up so that score itself fails."""
-    s = scores.double().flatten().sort(descending=True).values
+    # Kept in the scores' dtype: a threshold nudged in float64 would round back onto the score in float32.
+    s = scores.flatten().sort(descending=True).values
     k = math.floor(rate * (len(s) + 1) + 1e-9)
     if k < 1:
         return math.inf
+    if not math.isfinite(s[k - 1]):  # fewer than k queries can pass at all (-inf = never): let them all through
+        finite = s[torch.isfinite(s)]
+        return float(finite.min()) if len(finite) else math.inf
     return float(torch.nextafter(s[k - 1], torch.tensor(math.inf, dtype=s.dtype)))
 
 
@@ -236,7 +240,8 @@ class RetrievalRouter:
         budget = max(self.config.target_unrelated_rate - float(by_subject.double().mean()), 0.0)
         # Queries the subject path already routes are spent budget; only the rest compete for the free path.
         free_sim = torch.where(by_subject, torch.tensor(-math.inf), scores["free_sim"])
-        threshold = min(conformal_threshold(free_sim, budget) if budget > 0 else math.inf, _CLOSED)
+        threshold = conformal_threshold(free_sim, budget) if budget > 0 and len(self.free_edits) else math.inf
+        threshold = min(max(threshold, -1.0), _CLOSED)  # a cosine; also keeps float32 comparisons exact
         achieved = self.decide(scores, self.thresholds["subject"], threshold).routed.double().mean()
         return threshold, float(achieved)
 

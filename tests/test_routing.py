@@ -1,0 +1,124 @@
+"""Routers on synthetic embeddings where the right answer is known (no language model, no encoder)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from meg.config import MegConfig
+from meg.errors import InputError
+from meg.gate import GateConfig
+from meg.requests import PseudoPair
+from meg.routing import ROUTERS, RetrievalConfig, RoutingData, router_class
+from meg.routing.retrieval import RetrievalRouter, SubjectIndex, conformal_threshold, focus
+
+SUBJECTS = ["BBC One", "Danielle Darrieux", "Toko Yasuda"]
+PROMPTS = ["BBC One, by", "The mother tongue of Danielle Darrieux is", "Toko Yasuda plays the"]
+
+
+def unit(x: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.normalize(x, dim=-1)
+
+
+def fake_encoder(dim: int = 16, seed: int = 0):
+    """Texts -> fixed random unit vectors (the same text always gets the same vector)."""
+    table: dict[str, torch.Tensor] = {}
+
+    def encode(texts):
+        rows = []
+        for text in texts:
+            key = text.lower()
+            if key not in table:
+                table[key] = unit(torch.randn(dim, generator=torch.Generator().manual_seed(hash(key) % 2**31)))
+            rows.append(table[key])
+        return torch.stack(rows)
+
+    return encode
+
+
+def test_subject_index_matches_whole_words_case_insensitively():
+    index = SubjectIndex(SUBJECTS + ["Apple"], PROMPTS + ["Apple A5 was created by"])
+    assert index.edits_named_in("bbc one is owned by") == [0]
+    assert index.edits_named_in("BBC Oneida, by") == []  # a longer word is not the subject
+    assert index.edits_named_in("Pineapple farms") == []
+    assert index.edits_named_in("Apple and Toko Yasuda") == [2, 3]
+
+
+def test_edit_whose_prompt_lacks_its_subject_is_not_indexed():
+    assert len(SubjectIndex(["Somebody Else"], ["BBC One, by"])) == 0
+
+
+def test_focus_drops_leading_sentences():
+    text = "A Marañón Week is annually held since 1990. Howard Glacier is in"
+    assert focus(text, "Howard Glacier") == "Howard Glacier is in"
+    assert focus("Howard Glacier is in", "Howard Glacier") == "Howard Glacier is in"
+    assert focus("Nothing here", "Howard Glacier") == "Nothing here"
+
+
+def test_conformal_threshold_meets_its_rate():
+    scores = torch.rand(10_000, generator=torch.Generator().manual_seed(0))
+    threshold = conformal_threshold(scores, 0.02)
+    assert (scores >= threshold).double().mean() <= 0.02
+    fresh = torch.rand(10_000, generator=torch.Generator().manual_seed(1))
+    assert abs(float((fresh >= threshold).double().mean()) - 0.02) < 0.005
+    assert conformal_threshold(torch.rand(10), 0.02) == math.inf  # too few scores for a 2% promise
+    never = torch.full((100,), -math.inf)
+    assert conformal_threshold(never, 0.05) == math.inf
+
+
+def _router(config: RetrievalConfig, subjects=SUBJECTS):
+    encode = fake_encoder()
+    return RetrievalRouter(config, encode(PROMPTS), subjects, PROMPTS, {"subject": 0.9, "free": 0.9}, encode=encode), encode
+
+
+def test_subject_path_routes_paraphrases_and_rejects_other_subjects():
+    router, encode = _router(RetrievalConfig())
+    queries = ["Some noise here. BBC One, by", "BBC Radio, by", "Danielle Darrieux's home town is"]
+    routes = router.route(queries, encode(queries))
+    assert routes.routed.tolist() == [True, False, False]
+    assert routes.edit[0] == 0
+
+
+def test_free_path_only_for_edits_without_subjects_by_default():
+    router, encode = _router(RetrievalConfig(), subjects=[None, SUBJECTS[1], SUBJECTS[2]])
+    # Exact repeats of the prompts: cosine 1. Edit 0 has no subject -> free path; edit 2 needs its subject.
+    queries = ["BBC One, by", "Toko Yasuda plays the"]
+    routes = router.route(queries, encode(queries))
+    assert routes.routed.tolist() == [True, True] and routes.edit.tolist() == [0, 2]
+    assert router.free_edits.tolist() == [0]
+
+
+def test_fit_calibrates_on_held_out_pairs_and_unrelated_queries():
+    encode = fake_encoder()
+    names = [f"Person{i}" for i in range(40)]
+    pairs = [PseudoPair(f"{n} is a citizen of", f"{n} is a citizen of which country", n) for n in names]
+    unrelated = [f"Query number {i} about weather" for i in range(200)]
+    data = RoutingData(PROMPTS, encode(PROMPTS), [None, None, None], unrelated, encode(unrelated), pairs,
+                       extra={"encode": encode})
+    router = RetrievalRouter.fit(data, MegConfig())
+    assert router.calibration["paraphrase_pairs"] == 40
+    achieved = router.route(unrelated, encode(unrelated)).routed.double().mean()
+    assert achieved <= 0.02 and router.calibration["achieved_unrelated_rate"] == pytest.approx(float(achieved))
+
+
+def test_too_few_pairs_to_calibrate_is_one_line():
+    encode = fake_encoder()
+    data = RoutingData(PROMPTS, encode(PROMPTS), SUBJECTS, [], torch.zeros(0, 16), [], extra={"encode": encode})
+    with pytest.raises(InputError, match="needs >= 20 held-out pseudo pairs with a subject, got 0"):
+        RetrievalRouter.fit(data, MegConfig())
+
+
+def test_paper_gate_routes_below_epsilon():
+    encode = fake_encoder()
+    edits = [f"Edit prompt number {i}" for i in range(30)]
+    unrelated = [f"Unrelated query {i}" for i in range(200)]
+    data = RoutingData(edits, encode(edits), [None] * 30, unrelated, encode(unrelated))
+    fixed = router_class("paper-gate").fit(data, MegConfig(gate=GateConfig(max_epochs=400, epsilon=0.5)), False)
+    routes = fixed.route(edits, encode(edits))
+    assert routes.routed.all() and (routes.edit == torch.arange(30)).all()  # memorised: entropy ~ 0
+    assert fixed.calibration.method == "fixed" and fixed.calibration.epsilon == 0.5
+    calibrated = router_class("paper-gate").fit(data, MegConfig(gate=GateConfig(max_epochs=400)), False)
+    assert calibrated.route(unrelated, encode(unrelated)).routed.double().mean() <= 0.02
+    assert set(ROUTERS) == {"paper-gate", "retrieval"}
