@@ -41,6 +41,11 @@ def _sub(value: Any, kind: type, named: dict[str, Any] | None = None) -> Any:
         if value not in named:
             raise InputError(f"unknown {kind.__name__} preset {value!r}; choose one of {', '.join(named)}")
         return named[value]
+    if isinstance(value, dict) and "preset_name" in value and named is not None:
+        # {"preset_name": "small-gpt2", "max_steps": 2500}: a named preset with some fields overridden.
+        rest = dict(value)
+        base = _sub(rest.pop("preset_name"), kind, named)
+        return kind.from_dict({**base.to_dict(), **rest})
     if isinstance(value, dict):
         return kind.from_dict(value)
     raise InputError(f"expected a {kind.__name__}, a dict or a preset name, got {type(value).__name__}")

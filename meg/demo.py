@@ -21,8 +21,8 @@ from meg.files import RUN_RECORDS
 
 def demo_config(quick: bool = False) -> MegConfig:
     """The demo's MeG settings; `quick` (for CI smoke tests) shortens every stage further."""
-    generator = replace(CONFIGS["small-gpt2"], max_steps=300 if quick else 1500, eval_every=150 if quick else 500)
-    encoder = EncoderConfig(epochs=1 if quick else 3)
+    generator = replace(CONFIGS["small-gpt2"], max_steps=300 if quick else 1000, eval_every=150 if quick else 500)
+    encoder = EncoderConfig(epochs=1 if quick else 2, hard_negatives=2, temperature=0.05)
     return MegConfig(encoder=encoder, generator=generator)
 
 

@@ -41,6 +41,7 @@ REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 REPORT_PNG = "report.png"
 BASELINE_CACHE = "pre_edit_outputs.jsonl"
+BENCH_RESULT = "bench_result.json"  # one method's finished row of `meg bench`
 
 
 def cache_dir() -> Path:

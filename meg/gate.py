@@ -38,7 +38,7 @@ class GateConfig:
         blocks, hidden_mult, dropout, labels: network shape (paper 5 blocks, 4d hidden, dropout 0.1, 10 labels).
         lr: AdamW learning rate (paper 1e-3). max_epochs: upper bound (paper trains 1000-4000 epochs).
         stop_loss: stop as soon as the epoch's training loss is below this (the labels are memorised).
-        batch_size: edits per step; None = full batch (fine for thousands of edits).
+        batch_size: edits per step (64); None = full batch.
         epsilon: fixed entropy threshold in nats, or None to calibrate it on unrelated queries.
         target_unrelated_rate: with calibration, the share of unrelated queries allowed through to the generator.
         seed: random labels, initial weights and dropout.
@@ -51,7 +51,9 @@ class GateConfig:
     lr: float = 1e-3
     max_epochs: int = 2000
     stop_loss: float = 0.005
-    batch_size: int | None = None
+    # The paper gives no batch size. Full-batch AdamW needs thousands of epochs to memorise 10 random labels;
+    # batches of 64 got 1,024 edits to loss 0.005 in 250 epochs (3.3 min on 2 CPU threads).
+    batch_size: int | None = 64
     epsilon: float | None = None
     target_unrelated_rate: float = 0.02
     seed: int = 0
@@ -166,6 +168,15 @@ def random_labels(n: int, config: GateConfig) -> torch.Tensor:
     return torch.randint(config.labels, (n,), generator=torch.Generator().manual_seed(config.seed))
 
 
+def _shared_by_duplicates(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Identical embeddings (a prompt edited twice) get the label of their first occurrence: two labels for one
+    input cannot both be memorised, and the loss would never reach `stop_loss`. Unchanged without duplicates."""
+    _, inverse = torch.unique(x.cpu(), dim=0, return_inverse=True)  # (N,)
+    first = torch.full((int(inverse.max()) + 1,), len(x), dtype=torch.long)
+    first.scatter_reduce_(0, inverse, torch.arange(len(x)), reduce="amin")
+    return labels[first[inverse]]
+
+
 def train_gate(
     edit_embeddings: torch.Tensor, config: GateConfig | None = None, progress: bool = True
 ) -> tuple[FamiliarityGate, GateLog]:
@@ -175,7 +186,7 @@ def train_gate(
         shape = tuple(edit_embeddings.shape)
         raise InputError(f"train_gate: expected edit embeddings of shape (N, d) with N >= 1, got {shape}")
     x = edit_embeddings.detach().float()
-    labels = random_labels(len(x), config).to(x.device)
+    labels = _shared_by_duplicates(x, random_labels(len(x), config)).to(x.device)
     log = GateLog(edits=len(x))
     start = time.perf_counter()
     with _seeded(config.seed, x.device):

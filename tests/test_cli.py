@@ -101,3 +101,25 @@ def test_bad_edit_file_is_one_line(workspace, tmp_path):
 def test_env_prints_versions():
     result = invoke("env")
     assert result.exit_code == 0 and '"torch"' in result.output
+
+
+def test_bench_compares_methods_and_resumes(workspace, tmp_path):
+    w = workspace
+    (tmp_path / "configs.json").write_text(json.dumps({"ft": {"layer": 1, "lr": 1e-2, "steps": 10}}))
+    args = ("bench", "--model", w / "model", "--data", w / "edits.jsonl", "--n", "8", "--methods", "unedited,ft",
+            "--configs", tmp_path / "configs.json", "--out", tmp_path / "bench", "--results", tmp_path / "results",
+            "--name", "tiny")
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    bench = json.loads((tmp_path / "results" / "tiny.json").read_text())
+    rows = {r["method"]: r for r in bench["results"]}
+    assert set(rows) == {"unedited", "ft"} and bench["setup"]["n_used"] == 8
+    assert rows["unedited"]["metrics"]["loc_ag"] == 100.0 and rows["ft"]["metrics"]["rel_ag"] > 0
+    assert rows["ft"]["queries_per_second"] > 0 and rows["ft"]["peak_rss_mb"] > 0
+    assert (tmp_path / "results" / "tiny.md").is_file() and (tmp_path / "results" / "tiny.png").is_file()
+    # A second call reads every finished method back instead of editing again.
+    (tmp_path / "bench" / "ft" / "records.jsonl").unlink()
+    again = invoke(*args)
+    assert again.exit_code == 0, again.output
+    assert json.loads((tmp_path / "results" / "tiny.json").read_text())["results"] == bench["results"]
+    assert not (tmp_path / "bench" / "ft" / "records.jsonl").exists()

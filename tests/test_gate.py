@@ -136,3 +136,16 @@ def test_config_round_trips_and_rejects_unknown_fields():
     assert GateConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     with pytest.raises(InputError, match="unknown field"):
         GateConfig.from_dict({"epsilom": 0.2})
+
+
+def test_duplicate_queries_share_one_label_and_training_converges():
+    from meg.gate import GateConfig, _shared_by_duplicates, random_labels, train_gate
+
+    x = torch.nn.functional.normalize(torch.randn(40, 16, generator=torch.Generator().manual_seed(0)), dim=1)
+    config = GateConfig(max_epochs=400)
+    assert torch.equal(_shared_by_duplicates(x, random_labels(40, config)), random_labels(40, config))
+    doubled = torch.cat([x, x[:10]])  # ten prompts edited twice
+    labels = _shared_by_duplicates(doubled, random_labels(50, config))
+    assert torch.equal(labels[40:], labels[:10])
+    _, log = train_gate(doubled, config, progress=False)
+    assert log.stopped_early and log.train_accuracy == 1.0

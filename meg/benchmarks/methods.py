@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from meg import files
 from meg.data.defaults import default_unrelated
 from meg.evaluation.harness import evaluate
 from meg.evaluation.metrics import COLUMNS, MetricTable, aggregate
@@ -79,8 +80,20 @@ def throughput(lm, prompts: Sequence[str]) -> float:
 
 
 def bench_method(name: str, prep, config: BenchConfig, run_dir: Path, mix: Sequence[str]) -> dict[str, Any]:
-    """Edit with one method, evaluate it and time its inference."""
+    """Edit with one method, evaluate it and time its inference; a finished row with the same settings is read
+    back from `run_dir` instead (so a bench can be resumed or extended by more methods)."""
     run = replace(config.run, method=name, method_config=(config.method_configs or {}).get(name))
+    done = run_dir / files.BENCH_RESULT
+    if done.exists():
+        saved = files.read_json(done)
+        if saved.get("run") == asdict(run):
+            return saved["result"]
+    result = _measure_method(name, run, prep, run_dir, mix)
+    files.atomic_write_json(done, {"run": asdict(run), "result": result})
+    return result
+
+
+def _measure_method(name: str, run: RunConfig, prep, run_dir: Path, mix: Sequence[str]) -> dict[str, Any]:
     requests = [r.for_editing() for r in prep.dataset.requests]
     with peak_rss() as memory:
         start = time.perf_counter()
@@ -118,7 +131,9 @@ def bench_markdown(bench: dict[str, Any], command: str) -> str:
     header = (f"# {setup['data']}, N = {setup['n_used']}, all edits in one batch\n\nCommand: `{command}`\n\n"
               f"Model: {setup['model']}. Filter: {setup['filter'] or 'none'}. Metrics as in the paper "
               "(see report protocol); edit s = wall time of editing; RSS = peak resident memory while editing; "
-              "q/s = greedy answers per second on a fixed 50/50 mix of edited and unrelated prompts.\n\n")
+              "q/s = greedy answers per second on a fixed 50/50 mix of edited and unrelated prompts. MeG variants share "
+              "cached stages (tuned encoder, collected vectors, a generator trained on the same pairs) through the "
+              "bench's work directory, so a variant's edit s counts only what it adds to the first one.\n\n")
     oracle = [f"- {r['method']}: collected vector of the right edit on each paraphrase (oracle): Gen-AG "
               f"{r['oracle_generality']['gen_ag']:.1f}, Gen-TF {r['oracle_generality']['gen_tf']:.1f}"
               for r in bench["results"] if r.get("oracle_generality")]

@@ -39,6 +39,8 @@ class RouterVariant:
 VARIANTS: dict[str, RouterVariant] = {
     "paper-gate/untuned": RouterVariant("paper gate, untuned encoder", "paper-gate", tuned_encoder=False),
     "paper-gate/tuned": RouterVariant("paper gate, InfoNCE encoder", "paper-gate"),
+    "paper-gate/hard": RouterVariant("paper gate, InfoNCE + hard negatives (T 0.05; the meg-gate method)",
+                                     "paper-gate", encoder_config={"hard_negatives": 2, "temperature": 0.05}),
     "nearest/tuned": RouterVariant("retrieval with edits given WITHOUT subjects (nearest edit + calibrated cosine), "
                                    "InfoNCE encoder", "retrieval", use_subjects=False),
     "retrieval/tuned": RouterVariant("subject-verified retrieval, InfoNCE encoder", "retrieval"),
@@ -140,6 +142,7 @@ def write_route_bench(out_dir: str | Path, name: str, bench: dict[str, Any], set
         axes.set_xlabel("locality prompts routed (%)")
         axes.set_ylabel("paraphrases routed to their own edit (%)")
         axes.set_xscale("symlog", linthresh=1.0)
+        axes.set_xlim(left=0)
         axes.legend(fontsize=7)
         axes.set_title(f"routing, {setup['data']}, N = {bench['n']} (dots: calibrated points)")
 

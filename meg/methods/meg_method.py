@@ -89,3 +89,19 @@ def apply_meg_paper(model: nn.Module, tokenizer: PreTrainedTokenizerBase, reques
     config = meg_config(context)
     paper = replace(config, router="paper-gate", encoder=replace(config.encoder, hard_negatives=0, temperature=1.0))
     return apply_meg(model, tokenizer, requests, replace(context, config=paper))  # = MegConfig.paper() + overrides
+
+
+def apply_meg_gate(model: nn.Module, tokenizer: PreTrainedTokenizerBase, requests: Sequence[EditRequest],
+                   context: EditContext) -> EditedModel:
+    """`meg` with the paper's familiarity gate as the router; encoder, vectors and generator are meg's own (and
+    shared through the work directory), so a table of meg vs meg-gate isolates the routing decision."""
+    config = replace(meg_config(context), router="paper-gate")
+    return apply_meg(model, tokenizer, requests, replace(context, config=config))
+
+
+def apply_meg_matched(model: nn.Module, tokenizer: PreTrainedTokenizerBase, requests: Sequence[EditRequest],
+                      context: EditContext) -> EditedModel:
+    """`meg` with the generator conditioned on the MATCHED edit's prompt embedding instead of the query's own
+    (`condition="matched-edit"`): a paraphrase then gets what the edit prompt would get."""
+    config = replace(meg_config(context), condition="matched-edit")
+    return apply_meg(model, tokenizer, requests, replace(context, config=config))
