@@ -7,7 +7,10 @@ from typing import Annotated
 
 import typer
 
-from meg.cli.common import DataOption, DeviceOption, ModelOption, command_line, friendly_errors, read_json_option
+from meg.cli.common import (
+    DataOption, DeviceOption, FirstNOption, ModelOption,
+    command_line, friendly_errors, read_json_option,
+)
 
 
 @friendly_errors
@@ -15,7 +18,7 @@ def command(
     out: Annotated[Path, typer.Option(help="bench directory (per-method runs and records)")],
     model: ModelOption = "reference",
     data: DataOption = None,
-    n: Annotated[int | None, typer.Option("--n", "-n", help="first N usable records (default: all)")] = None,
+    n: FirstNOption = None,
     methods: Annotated[str, typer.Option(help="comma-separated methods")] = "unedited,meg,ft,memit,alphaedit,knn,mlp",
     configs: Annotated[Path | None, typer.Option(help="JSON {method: {config fields}}")] = None,
     results: Annotated[Path, typer.Option(help="where the table goes")] = Path("docs/results"),

@@ -26,6 +26,7 @@ DataOption = Annotated[
                  "(default: the shipped CounterFact sample)"),
 ]
 NOption = Annotated[int, typer.Option("--n", "-n", help="use the first N records")]
+FirstNOption = Annotated[int | None, typer.Option("--n", "-n", help="first N usable records (default: all)")]
 
 
 def friendly_errors(command: F) -> F:

@@ -7,7 +7,10 @@ from typing import Annotated
 
 import typer
 
-from meg.cli.common import DataOption, DeviceOption, ModelOption, command_line, friendly_errors
+from meg.cli.common import (
+    DataOption, DeviceOption, FirstNOption, ModelOption,
+    command_line, friendly_errors,
+)
 
 
 @friendly_errors
@@ -16,7 +19,7 @@ def command(
     out: Annotated[Path, typer.Option(help="run directory (config, records, report)")],
     model: ModelOption = "reference",
     data: DataOption = None,
-    n: Annotated[int | None, typer.Option("--n", "-n", help="first N usable records (default: all)")] = None,
+    n: FirstNOption = None,
     overwrite: Annotated[bool, typer.Option(help="discard a previous run in --out")] = False,
     device: DeviceOption = "cpu",
 ) -> None:

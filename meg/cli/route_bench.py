@@ -7,13 +7,13 @@ from typing import Annotated
 
 import typer
 
-from meg.cli.common import DataOption, command_line, friendly_errors, load_data
+from meg.cli.common import DataOption, FirstNOption, command_line, friendly_errors, load_data
 
 
 @friendly_errors
 def command(
     data: DataOption = None,
-    n: Annotated[int | None, typer.Option("--n", "-n", help="first N records (default: all)")] = None,
+    n: FirstNOption = None,
     routers: Annotated[str, typer.Option(help="comma-separated variants of meg.benchmarks.routing.VARIANTS")] = (
         "paper-gate/untuned,paper-gate/tuned,nearest/tuned,retrieval/tuned"),
     name: Annotated[str | None, typer.Option(help="results file stem (default: routing-<data>-<n>)")] = None,

@@ -7,7 +7,10 @@ from typing import Annotated
 
 import typer
 
-from meg.cli.common import DataOption, DeviceOption, ModelOption, command_line, friendly_errors, read_json_option
+from meg.cli.common import (
+    DataOption, DeviceOption, FirstNOption, ModelOption,
+    command_line, friendly_errors, read_json_option,
+)
 
 
 @friendly_errors
@@ -15,7 +18,7 @@ def command(
     out: Annotated[Path, typer.Option(help="run directory (config, records, report)")],
     model: ModelOption = "reference",
     data: DataOption = None,
-    n: Annotated[int | None, typer.Option("--n", "-n", help="first N usable records (default: all)")] = None,
+    n: FirstNOption = None,
     method: Annotated[str, typer.Option(help="editing method (see `meg.methods.METHODS`)")] = "meg",
     config: Annotated[Path | None, typer.Option(help="JSON file with the method's config fields")] = None,
     template: Annotated[str | None, typer.Option(help="prompt template with {prompt}, or a data-set name")] = None,

@@ -66,42 +66,44 @@ def apply_meg(
     return EditedModel(model, tokenizer, pack)
 
 
+def _apply_variant(model: nn.Module, tokenizer: PreTrainedTokenizerBase, requests: Sequence[EditRequest],
+                   context: EditContext, **changes) -> EditedModel:
+    """`apply_meg` with some MegConfig fields changed from the context's config."""
+    config = replace(meg_config(context), **changes)
+    return apply_meg(model, tokenizer, requests, replace(context, config=config))
+
+
 def apply_knn(model: nn.Module, tokenizer: PreTrainedTokenizerBase, requests: Sequence[EditRequest],
               context: EditContext) -> EditedModel:
     """Ablation "kNN": no diffusion; a routed query gets the collected vector of the edit it matched."""
-    config = replace(meg_config(context), weights="retrieved")
-    return apply_meg(model, tokenizer, requests, replace(context, config=config))
+    return _apply_variant(model, tokenizer, requests, context, weights="retrieved")
 
 
 def apply_mlp(model: nn.Module, tokenizer: PreTrainedTokenizerBase, requests: Sequence[EditRequest],
               context: EditContext) -> EditedModel:
     """Ablation "MLP": the paper's MLP generator in place of the DiT (same training budget and sampler)."""
     config = meg_config(context)
-    dim = neuron_spec(model, config.layer).dim
-    generator = replace(config.generator_for(dim), architecture="mlp", preset="tiny")
-    return apply_meg(model, tokenizer, requests, replace(context, config=replace(config, generator=generator)))
+    generator = replace(config.generator_for(neuron_spec(model, config.layer).dim), architecture="mlp", preset="tiny")
+    return _apply_variant(model, tokenizer, requests, context, generator=generator)
 
 
 def apply_meg_paper(model: nn.Module, tokenizer: PreTrainedTokenizerBase, requests: Sequence[EditRequest],
                     context: EditContext) -> EditedModel:
     """MeG as the paper configures it: the familiarity gate and the paper's encoder tuning (in-batch negatives,
-    temperature 1.0); everything else as `meg`."""
-    config = meg_config(context)
-    paper = replace(config, router="paper-gate", encoder=replace(config.encoder, hard_negatives=0, temperature=1.0))
-    return apply_meg(model, tokenizer, requests, replace(context, config=paper))  # = MegConfig.paper() + overrides
+    temperature 1.0); everything else as `meg` (= MegConfig.paper() + the context's overrides)."""
+    encoder = replace(meg_config(context).encoder, hard_negatives=0, temperature=1.0)
+    return _apply_variant(model, tokenizer, requests, context, router="paper-gate", encoder=encoder)
 
 
 def apply_meg_gate(model: nn.Module, tokenizer: PreTrainedTokenizerBase, requests: Sequence[EditRequest],
                    context: EditContext) -> EditedModel:
     """`meg` with the paper's familiarity gate as the router; encoder, vectors and generator are meg's own (and
     shared through the work directory), so a table of meg vs meg-gate isolates the routing decision."""
-    config = replace(meg_config(context), router="paper-gate")
-    return apply_meg(model, tokenizer, requests, replace(context, config=config))
+    return _apply_variant(model, tokenizer, requests, context, router="paper-gate")
 
 
 def apply_meg_matched(model: nn.Module, tokenizer: PreTrainedTokenizerBase, requests: Sequence[EditRequest],
                       context: EditContext) -> EditedModel:
     """`meg` with the generator conditioned on the MATCHED edit's prompt embedding instead of the query's own
     (`condition="matched-edit"`): a paraphrase then gets what the edit prompt would get."""
-    config = replace(meg_config(context), condition="matched-edit")
-    return apply_meg(model, tokenizer, requests, replace(context, config=config))
+    return _apply_variant(model, tokenizer, requests, context, condition="matched-edit")
