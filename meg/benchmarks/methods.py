@@ -35,7 +35,7 @@ def _rss_mb() -> float:
             for line in handle:
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1]) / 1024
-    except OSError:
+    except OSError:  # no /proc (macOS): fall back to the peak so far, which getrusage reports
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
