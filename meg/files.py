@@ -42,6 +42,7 @@ REPORT_MD = "report.md"
 REPORT_PNG = "report.png"
 BASELINE_CACHE = "pre_edit_outputs.jsonl"
 BENCH_RESULT = "bench_result.json"  # one method's finished row of `meg bench`
+LOCATE_TARGETS = "locate-targets-{key}.safetensors"  # MEMIT / AlphaEdit step-1 target values, keyed by inputs
 
 
 def cache_dir() -> Path:

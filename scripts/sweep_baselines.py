@@ -57,6 +57,25 @@ GRID: list[tuple[str, str, dict]] = [
     *[("alphaedit", f"L0-2 t{t:g}", {**_V, "layers": [0, 1, 2], "nullspace_threshold": t}) for t in (0.1, 0.3)],
     ("alphaedit", "L0-3 t0.1", {**_V, "layers": [0, 1, 2, 3], "nullspace_threshold": 0.1}),
 ]
+# At the benchmarks' size (1,024 edits) the N = 64 choices lose most of their locality (docs/LOG.md), so the
+# settings are swept again there: FT's rate and layer (layer 2 is MeG's), MEMIT's lambda (the covariance
+# weight that protects other keys) and AlphaEdit's null-space threshold and ridge. MEMIT and AlphaEdit rows
+# share their step-1 target values (cached in --work), so each costs only its least-squares spread.
+_L02 = {**_V, "layers": [0, 1, 2]}
+GRID_1024: list[tuple[str, str, dict]] = [
+    ("unedited", "no edit (reference row)", {}),
+    *[("ft", f"L4 lr{lr:g}", {"layer": 4, "lr": lr}) for lr in (2e-3, 1e-3, 5e-4)],
+    ("ft", "L2 lr0.002", {"layer": 2, "lr": 2e-3}),
+    *[("memit", f"L0-2 w{w:g}", {**_L02, "mom2_update_weight": w}) for w in (1000, 3000, 10000, 30000, 100000)],
+    *[("alphaedit", f"L0-2 t{t:g}", {**_L02, "nullspace_threshold": t}) for t in (0.1, 0.05, 0.02)],
+    *[("alphaedit", f"L0-2 t{t:g} l2=100", {**_L02, "nullspace_threshold": t, "l2": 100.0}) for t in (0.1, 0.02)],
+]
+GRIDS = {"n64": GRID, "n1024": GRID_1024}
+GRID_NOTES = {
+    "n64": "Two passes: the grid, then settings around each method's best (the rows after the first AlphaEdit block).",
+    "n1024": "The grid around the N = 64 choices (first row of each method); MEMIT and AlphaEdit rows share their "
+             "cached step-1 target values, so only the first of them pays for the delta optimisation.",
+}
 
 
 def parse_args() -> argparse.Namespace:
@@ -64,6 +83,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--model", default="reference", help="model id or path (default: the reference model)")
     parser.add_argument("--data", type=Path, default=DATA, help="shared data directory")
     parser.add_argument("--n", type=int, default=64, help="edits (first N records of counterfact-val.json)")
+    parser.add_argument("--grid", choices=sorted(GRIDS), default="n64", help="settings to try (n1024: the large sweep)")
     parser.add_argument("--only", default=None, help="comma-separated methods to run (default: all)")
     parser.add_argument("--per-method", type=int, default=None, help="only the first K settings of each method (smoke)")
     parser.add_argument("--threads", type=int, default=1)
@@ -72,7 +92,7 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def score_setting(model, tokenizer, dataset, pre_edit, method: str, config: dict) -> dict:
+def score_setting(model, tokenizer, dataset, pre_edit, method: str, config: dict, work: Path) -> dict:
     """Edit with one setting, evaluate, and return the metric row (percentages, Score, seconds)."""
     from meg.evaluation.harness import evaluate
     from meg.evaluation.metrics import aggregate
@@ -80,8 +100,8 @@ def score_setting(model, tokenizer, dataset, pre_edit, method: str, config: dict
 
     start = time.perf_counter()
     requests = [r.for_editing() for r in dataset.requests]
-    lm = get_method(method)(model, tokenizer, requests, EditContext(template=dataset.template, config=config,
-                                                                    progress=False))  # fmt: skip
+    context = EditContext(template=dataset.template, config=config, progress=False, work_dir=work)
+    lm = get_method(method)(model, tokenizer, requests, context)
     edit_seconds = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as run_dir:
         records = evaluate(lm, dataset.requests, pre_edit, run_dir, progress=False)
@@ -90,13 +110,13 @@ def score_setting(model, tokenizer, dataset, pre_edit, method: str, config: dict
     return {**aggregate(records).to_dict(), "edit_s": edit_seconds, "eval_s": eval_seconds, "stats": stats}
 
 
-def precompute_statistics(model, tokenizer, data_dir: Path) -> dict:
+def precompute_statistics(model, tokenizer, data_dir: Path, grid: list[tuple[str, str, dict]]) -> dict:
     """E[k k^T] of every layer the grid edits, in one pass (cached), so no setting pays for it; returns its cost."""
     from meg.baselines.covariance import corpus_for_model, default_stats_dir, second_moments
 
     start = time.perf_counter()
     texts = corpus_for_model(data_dir, STATS_TEXTS, seed=0)
-    layers = sorted({layer for _, _, fields in GRID for layer in fields.get("layers", [])})
+    layers = sorted({layer for _, _, fields in grid for layer in fields.get("layers", [])})
     second_moments(model, tokenizer, layers, texts)
     return {"texts": len(texts), "seconds": time.perf_counter() - start, "stats_dir": str(default_stats_dir())}
 
@@ -127,8 +147,7 @@ def markdown(rows: list[dict], setup: dict, chosen: dict) -> str:
             f"{setup['statistics']['seconds']:.0f} s once, then cached. {setup['threads']} torch thread(s) on a "
             f"shared 2-core CPU: seconds are upper bounds; {len(rows)} settings took {total / 60:.1f} min in all. "
             f"One edit is {100 / setup['n']:.1f} points of a Rel/Gen/Loc AG column, so Score differences of a "
-            f"few points are within noise. Two passes: the grid, then settings around each method's best "
-            f"(the rows after the first AlphaEdit block).\n\n{markdown_table(headers, cells)}\nChosen (best Score per "
+            f"few points are within noise. {GRID_NOTES[setup['grid']]}\n\n{markdown_table(headers, cells)}\nChosen (best Score per "
             f"method, stored as `PRESETS[\"reference\"]` in meg/baselines/{{ft,memit,alphaedit}}.py):\n\n{best}\n")
 
 
@@ -147,22 +166,23 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     dataset = load_dataset(args.data / "counterfact" / "counterfact-val.json")
     dataset = replace(dataset, requests=dataset.requests[: args.n])
-    statistics = _statistics_record(args.work, precompute_statistics(model, tokenizer, args.data.resolve()))
+    grid = GRIDS[args.grid]
+    statistics = _statistics_record(args.work, precompute_statistics(model, tokenizer, args.data.resolve(), grid))
     base = PlainLM(model, tokenizer, dataset.template)
     pre_edit = pre_edit_outputs(base, [r.unrelated[0] for r in dataset.requests if r.unrelated], None, progress=False)
     done_path = args.work / "settings.jsonl"
     lines = done_path.read_text().splitlines() if done_path.exists() else []
     done = {(r["method"], r["name"]): r for r in map(json.loads, lines)}
-    methods = set(args.only.split(",")) if args.only else {m for m, _, _ in GRID}
+    methods = set(args.only.split(",")) if args.only else {m for m, _, _ in grid}
     rows: list[dict] = []
-    for method, name, fields in GRID:
+    for method, name, fields in grid:
         if method not in methods or sum(r["method"] == method for r in rows) == (args.per_method or -1):
             continue
         config = {**fields, "data_dir": str(args.data.resolve())} if method != "ft" else fields
         row = done.get((method, name))
         if row is None or row["config"] != fields or row["n"] != args.n:
             row = {"method": method, "name": name, "config": fields, "n": args.n,
-                   **score_setting(model, tokenizer, dataset, pre_edit, method, config)}  # fmt: skip
+                   **score_setting(model, tokenizer, dataset, pre_edit, method, config, args.work)}  # fmt: skip
             with open(done_path, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(row) + "\n")
         print(f"{method:9s} {name:28s} score {row['score']:6.2f}  rel {row['rel_ag']:5.1f} gen {row['gen_ag']:5.1f} "
@@ -170,11 +190,14 @@ def main() -> None:
         rows.append(row)
     methods_run = sorted({r["method"] for r in rows} - {"unedited"})
     chosen = {m: max((r for r in rows if r["method"] == m), key=lambda r: r["score"]) for m in methods_run}
-    command = f"python scripts/sweep_baselines.py --n {args.n} --threads {args.threads}"
-    setup = {"command": command, "model": args.model, "n": args.n, "threads": args.threads, "statistics": statistics,
+    grid_flag = f" --grid {args.grid}" if args.grid != "n64" else ""
+    command = f"python scripts/sweep_baselines.py --n {args.n}{grid_flag} --threads {args.threads}"
+    setup = {"command": command, "model": args.model, "n": args.n, "grid": args.grid, "threads": args.threads,
+             "statistics": statistics,
              "data": "counterfact-val.json", "template": dataset.template.text}  # fmt: skip
     data = {"setup": setup, "rows": rows, "chosen": {m: r["config"] for m, r in chosen.items()}}
-    paths = write_results(args.out, "baseline-sweep", data, markdown(rows, setup, chosen))
+    stem = "baseline-sweep" if args.grid == "n64" else f"baseline-sweep-{args.n}"
+    paths = write_results(args.out, stem, data, markdown(rows, setup, chosen))
     print("wrote", ", ".join(str(p) for p in paths.values()))
 
 

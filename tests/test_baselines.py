@@ -8,6 +8,8 @@ prompt's last token. Subject positions are tested on their own below.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -110,6 +112,31 @@ def test_covariance_is_cached_once_and_reused(fact_gpt2, tokenizer, tmp_path, mo
     assert all(torch.equal(first[k], again[k]) for k in (0, 1)) and first[0].dtype == torch.float64
     with pytest.raises(AssertionError, match="recomputed"):
         second_moments(fact_gpt2, tokenizer, [0], texts[:-1], tmp_path)  # another corpus: not reused
+
+
+def test_target_values_are_cached_and_shared_by_memit_and_alphaedit(fact_gpt2, tokenizer, stats_dir, tmp_path,
+                                                                     monkeypatch):
+    from meg.baselines import memit
+
+    requests = _requests(with_subject=False)
+    configs = _configs(stats_dir)
+    fresh = get_method("memit")(fact_gpt2, tokenizer, requests, EditContext(config=configs["memit"], progress=False))
+    context = EditContext(config=configs["memit"], progress=False, work_dir=tmp_path)
+    first = get_method("memit")(fact_gpt2, tokenizer, requests, context)
+    assert len(list(tmp_path.glob("locate-targets-*.safetensors"))) == 1
+
+    def fail(*args, **kwargs):
+        raise AssertionError("targets recomputed although cached")
+
+    monkeypatch.setattr(memit, "optimise_targets", fail)
+    again = get_method("memit")(fact_gpt2, tokenizer, requests, context)
+    weights = lambda lm: lm.model.state_dict()  # noqa: E731
+    assert all(torch.equal(weights(fresh)[k], weights(first)[k]) for k in weights(fresh))
+    assert all(torch.equal(weights(first)[k], weights(again)[k]) for k in weights(first))
+    # AlphaEdit with the same step-1 settings reads MEMIT's targets; other v settings would not.
+    get_method("alphaedit")(fact_gpt2, tokenizer, requests, replace(context, config=configs["alphaedit"]))
+    with pytest.raises(AssertionError, match="recomputed"):
+        get_method("memit")(fact_gpt2, tokenizer, requests, replace(context, config={**configs["memit"], "v_lr": 1.0}))
 
 
 def test_second_moment_counts_no_padding(fact_gpt2, tokenizer):

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -41,12 +42,15 @@ from meg.baselines.base import (
     select_rows,
     target_nll,
 )
+from meg import files
 from meg.architectures import check_layer
 from meg.baselines.covariance import corpus_for_model, second_moments
 from meg.errors import InputError
 from meg.methods.base import EditContext
+from meg.models import fingerprint
 from meg.prompts import AnswerBatch, LossTokens, PromptTemplate, encode_answers
 from meg.requests import EditRequest
+from meg.stages import digest
 from meg.surgery import (
     CaptureSite,
     add_linear_update,
@@ -242,6 +246,27 @@ def optimise_targets(model: nn.Module, edits: PreparedEdits, layer: int, config:
     return torch.cat([z for z, _ in results]), torch.cat([nll for _, nll in results])
 
 
+# The fields that decide step 1's result; the spread settings (lambda, null space, other layers) do not.
+_TARGET_FIELDS = ("v_lr", "v_steps", "v_weight_decay", "clamp_norm_factor", "kl_factor", "loss_tokens", "batch_size")
+
+
+def cached_targets(model: nn.Module, edits: PreparedEdits, layer: int, config: LocateConfig,
+                   work_dir: Path | None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """`optimise_targets`, stored in `work_dir` under a hash of its inputs: MEMIT and AlphaEdit settings that
+    differ only in how the targets are spread (a sweep, or both methods in one bench) compute them once."""
+    if work_dir is None:
+        return optimise_targets(model, edits, layer, config)
+    key = digest(fingerprint(model), layer, {f: getattr(config, f) for f in _TARGET_FIELDS},
+                 edits.batch.input_ids, edits.batch.target_mask, edits.positions, edits.kl_ids, edits.kl_weight)
+    path = Path(work_dir) / files.LOCATE_TARGETS.format(key=key)
+    if path.is_file():
+        saved = files.load_tensors(path)
+        return saved["z"].to(edits.positions.device), saved["nll"].to(edits.positions.device)
+    z, nll = optimise_targets(model, edits, layer, config)
+    files.save_tensors(path, {"z": z.cpu().contiguous(), "nll": nll.cpu().contiguous()})
+    return z, nll
+
+
 UpdateFn = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
 """(layer, keys K (m, N), residual R (d, N)) -> update Delta (d, m), all float64."""
 
@@ -287,7 +312,7 @@ def locate_and_edit(model: nn.Module, tokenizer: PreTrainedTokenizerBase, reques
     suffix = config.loss_tokens == "answer"
     edits = _to_device(prepare_edits(tokenizer, requests, context.template, context_length(edited), suffix), device)
     statistics = key_statistics(edited, tokenizer, layers, config, context.progress)  # before any edit
-    z, nll = optimise_targets(edited, edits, layers[-1], config)
+    z, nll = cached_targets(edited, edits, layers[-1], config, context.work_dir)
     norms = spread_update(edited, edits, z, layers, make_update(statistics), config.batch_size)
     info = {"config": config.to_dict(), "layers": layers, "edits": len(requests), "subject_fallbacks": edits.fallbacks,
             "target_nll_mean": float(nll.mean()), "update_norms": norms,
