@@ -5,7 +5,8 @@ JSONL edit format, one object per line:
      "subject": "Danielle Darrieux",                       # optional, used by subject-aware routers
      "paraphrases": ["Danielle Darrieux's mother tongue is"],  # optional, extra phrasings of the same query
      "unrelated": ["The mother tongue of Michel Rocard is"]}   # optional, queries that must NOT change
-Other keys (`case_id`, `ground_truth`) are kept when present. Duplicate prompts: the later record wins
+Other keys (`case_id`, `ground_truth`, `unrelated_answers`: the true answer of each unrelated query, "" when
+unknown) are kept when present; they serve evaluation only. Duplicate prompts: the later record wins
 (`deduplicate` reports which ones were replaced).
 """
 
@@ -37,6 +38,7 @@ class EditRequest:
     unrelated: tuple[str, ...] = ()
     ground_truth: str | None = None
     case_id: str | None = None
+    unrelated_answers: tuple[str, ...] = ()  # true answer per unrelated query ("" unknown); evaluation only
 
     def __post_init__(self) -> None:
         where = f"edit {self.case_id!r}" if self.case_id is not None else "edit"
@@ -50,14 +52,18 @@ class EditRequest:
             value = getattr(self, name)
             if not all(isinstance(v, str) and v.strip() for v in value):
                 raise InputError(f"{where}: field {name!r} must be a list of non-empty strings")
+        answers = self.unrelated_answers
+        if not all(isinstance(v, str) for v in answers) or (answers and len(answers) != len(self.unrelated)):
+            raise InputError(f"{where}: field 'unrelated_answers' must be a list of strings, one per unrelated query")
 
     def for_editing(self) -> EditRequest:
         """The request without evaluation-only fields, as an editing method may see it in a benchmark."""
-        return replace(self, paraphrases=(), unrelated=(), ground_truth=None)
+        return replace(self, paraphrases=(), unrelated=(), ground_truth=None, unrelated_answers=())
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["paraphrases"], data["unrelated"] = list(self.paraphrases), list(self.unrelated)
+        data["unrelated_answers"] = list(self.unrelated_answers)
         return {k: v for k, v in data.items() if v not in (None, [])}
 
 
@@ -73,8 +79,9 @@ class PseudoPair:
     subject: str | None = None
 
 
-_KNOWN = {"prompt", "target", "subject", "paraphrases", "unrelated", "ground_truth", "case_id"}
-_ALIASES = {"target_new": "target", "rephrase_prompt": "paraphrases", "locality_prompt": "unrelated"}
+_KNOWN = {"prompt", "target", "subject", "paraphrases", "unrelated", "ground_truth", "case_id", "unrelated_answers"}
+_ALIASES = {"target_new": "target", "rephrase_prompt": "paraphrases", "locality_prompt": "unrelated",
+            "locality_ground_truth": "unrelated_answers"}
 
 
 def request_from_dict(data: Any, where: str) -> EditRequest:
@@ -86,7 +93,7 @@ def request_from_dict(data: Any, where: str) -> EditRequest:
         if name not in data:
             raise InputError(f"{where}: missing field {name!r}")
     kwargs = {k: v for k, v in data.items() if k in _KNOWN}
-    for name in ("paraphrases", "unrelated"):
+    for name in ("paraphrases", "unrelated", "unrelated_answers"):
         value = kwargs.get(name, [])
         kwargs[name] = tuple([value] if isinstance(value, str) else value)
     for name in ("case_id", "ground_truth"):

@@ -15,7 +15,7 @@ from meg.data.knowedit import load_knowedit, true_facts_knowedit
 from meg.data.templates import TEMPLATES
 from meg.data.zsre import load_zsre, true_facts_zsre
 from meg.errors import InputError
-from meg.requests import EditRequest
+from meg.requests import EditRequest, request_from_dict
 
 SHARED = (Path(__file__).parents[1] / ".." / "shared" / "data").resolve()
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared data not found at {SHARED}")
@@ -65,7 +65,8 @@ def test_flat_counterfact(tmp_path):
     path = write(tmp_path, "cf.json", [FLAT])
     (request,) = load_counterfact(path)
     assert request == EditRequest(FLAT["prompt"], "English", "Danielle Darrieux", (FLAT["rephrase_prompt"],),
-                                  (FLAT["locality_prompt"],), "French", "7")  # fmt: skip
+                                  (FLAT["locality_prompt"],), "French", "7", ("French",))  # fmt: skip
+    assert request.for_editing().unrelated_answers == ()
     assert true_facts_counterfact(path) == [
         Fact(FLAT["prompt"], "French"), Fact(FLAT["rephrase_prompt"], "French"), Fact(FLAT["locality_prompt"], "French")
     ]
@@ -78,6 +79,7 @@ def test_rome_counterfact(tmp_path):
     assert (request.target, request.ground_truth, request.case_id) == ("English", "French", "0")
     assert request.paraphrases == tuple(ROME["paraphrase_prompts"])
     assert request.unrelated == tuple(ROME["neighborhood_prompts"])
+    assert request.unrelated_answers == ("French",) * len(ROME["neighborhood_prompts"])  # ROME: same true object
     assert {f.answer for f in true_facts_counterfact(path)} == {"French"}
     assert len(true_facts_counterfact(path)) == 4
     assert detect_kind(path) == "counterfact"
@@ -89,6 +91,7 @@ def test_mend_zsre(tmp_path):
     assert (request.prompt, request.target, request.ground_truth) == (MEND["src"], "unmanned aircraft", "uniform")
     assert request.paraphrases == (MEND["rephrase"],)
     assert request.unrelated == ("john goodman's character in the big lebowski",)
+    assert request.unrelated_answers == ("Walter Sobchak",)
     facts = true_facts_zsre(path)
     assert facts[-1] == Fact("john goodman's character in the big lebowski", "Walter Sobchak", "zsre")
     assert facts[0].line() == f"Q: Answer the following question in less than 5 words. {MEND['src']}\nA: uniform."
@@ -101,6 +104,7 @@ def test_knowedit_zsre(tmp_path):
     (request,) = data.requests
     assert (request.target, request.ground_truth) == ("Noctuidae", "Aspidoceratidae")
     assert request.unrelated == ("The taxon rank of Epaspidoceras is",)
+    assert request.unrelated_answers == ("genus",)
     assert true_facts_zsre(path)[-1] == Fact("The taxon rank of Epaspidoceras is", "genus", "knowedit")
 
 
@@ -109,8 +113,17 @@ def test_knowedit_wiki_nested_and_empty_answers(tmp_path):
     assert detect_kind(path) == "knowedit"
     (request,) = load_knowedit(path)
     assert request.ground_truth is None and request.paraphrases == () and len(request.unrelated) == 2
+    assert request.unrelated_answers == ("Cēsis", "")  # "" = unknown
     # the empty locality answer leaves a usable unrelated prompt but no fact
     assert true_facts_knowedit(path) == [Fact("The place of birth of Ingrīda Amantova is", "Cēsis", "knowedit")]
+
+
+def test_unrelated_answers_must_align_with_the_unrelated_queries():
+    record = {"prompt": "The capital of France is", "target": "Lyon", "unrelated": ["A", "B"],
+              "unrelated_answers": ["x"]}  # fmt: skip
+    with pytest.raises(InputError, match="^edits.jsonl record 4: field 'unrelated_answers' must be a list of strings"):
+        request_from_dict(record, "edits.jsonl record 4")
+    assert request_from_dict({**record, "unrelated_answers": ["x", ""]}, "r").to_json()["unrelated_answers"] == ["x", ""]
 
 
 def test_wikibio_refused(tmp_path):
@@ -215,7 +228,7 @@ def test_shared_counterfact_fields():
     assert first == EditRequest(
         "The mother tongue of Danielle Darrieux is", "English", "Danielle Darrieux",
         ("Where Danielle Darrieux is from, people speak the language of",), ("Michel Rocard is a native speaker of",),
-        "French", "0",
+        "French", "0", ("French",),
     )  # fmt: skip
     assert len(true_facts_counterfact(SHARED / "counterfact/counterfact-val.json")) == 3 * 1_919
 

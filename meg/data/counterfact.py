@@ -48,7 +48,8 @@ def _parse_flat(record: Record, at: str, index: int) -> Parsed:
     locality_truth = text(record, "locality_ground_truth", at) if locality else None
     request = request_from_dict(
         {"prompt": prompt, "target": target, "subject": subject, "paraphrases": paraphrases,
-         "unrelated": locality, "ground_truth": truth, "case_id": _case_id(record, at, index)},
+         "unrelated": locality, "unrelated_answers": [locality_truth] * len(locality), "ground_truth": truth,
+         "case_id": _case_id(record, at, index)},
         at,
     )  # fmt: skip
     facts = [Fact(p, truth) for p in (prompt, *paraphrases)]
@@ -70,7 +71,8 @@ def _parse_rome(record: Record, at: str, index: int) -> Parsed:
     neighbours = text_list(record, "neighborhood_prompts", at, required=False)
     request = request_from_dict(
         {"prompt": prompt, "target": target, "subject": subject, "paraphrases": paraphrases,
-         "unrelated": neighbours, "ground_truth": truth, "case_id": _case_id(record, at, index)},
+         "unrelated": neighbours, "unrelated_answers": [truth] * len(neighbours), "ground_truth": truth,
+         "case_id": _case_id(record, at, index)},
         at,
     )  # fmt: skip
     return request, [Fact(p, truth) for p in (prompt, *paraphrases, *neighbours)]

@@ -81,7 +81,8 @@ def parse_knowedit_record(record: Record, at: str, index: int, template: str = "
     case_id = record.get("case_id", index)  # KnowEdit has no ids: the record index
     request = request_from_dict(
         {"prompt": prompt, "target": target, "subject": subject, "paraphrases": paraphrases,
-         "unrelated": [p for p, _ in locality], "ground_truth": truth, "case_id": case_id},
+         "unrelated": [p for p, _ in locality], "unrelated_answers": [a or "" for _, a in locality],
+         "ground_truth": truth, "case_id": case_id},
         at,
     )  # fmt: skip
     facts = [Fact(p, truth, template) for p in (prompt, *paraphrases)] if truth is not None else []

@@ -56,8 +56,8 @@ def _parse_mend(record: Record, at: str, index: int) -> Parsed:
     facts = _mend_facts(record, at, index)
     request = request_from_dict(
         {"prompt": facts[0].prompt, "target": text(record, "alt", at), "subject": record.get("subject"),
-         "paraphrases": [facts[1].prompt], "unrelated": [facts[2].prompt], "ground_truth": facts[0].answer,
-         "case_id": record.get("case_id", index)},
+         "paraphrases": [facts[1].prompt], "unrelated": [facts[2].prompt], "unrelated_answers": [facts[2].answer],
+         "ground_truth": facts[0].answer, "case_id": record.get("case_id", index)},
         at,
     )  # fmt: skip
     return request, facts
