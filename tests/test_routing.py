@@ -12,7 +12,8 @@ from meg.errors import InputError
 from meg.gate import GateConfig
 from meg.requests import PseudoPair
 from meg.routing import ROUTERS, RetrievalConfig, RoutingData, router_class
-from meg.routing.retrieval import RetrievalRouter, SubjectIndex, conformal_threshold, focus
+from meg.routing.retrieval import RetrievalRouter, conformal_threshold
+from meg.routing.subjects import SubjectIndex, focus, trigrams
 
 SUBJECTS = ["BBC One", "Danielle Darrieux", "Toko Yasuda"]
 PROMPTS = ["BBC One, by", "The mother tongue of Danielle Darrieux is", "Toko Yasuda plays the"]
@@ -44,6 +45,29 @@ def test_subject_index_matches_whole_words_case_insensitively():
     assert index.edits_named_in("BBC Oneida, by") == []  # a longer word is not the subject
     assert index.edits_named_in("Pineapple farms") == []
     assert index.edits_named_in("Apple and Toko Yasuda") == [2, 3]
+
+
+def test_approximate_naming_is_a_fallback_for_bent_subjects():
+    subjects = ["Derek Whitehead", "Republic of Mahabad", "BBC One"]
+    prompts = ["Derek Whitehead plays for", "The last year of Republic of Mahabad is", "BBC One, by"]
+    exact, approximate = SubjectIndex(subjects, prompts), SubjectIndex(subjects, prompts, min_coverage=0.8)
+    bent = ["What was the name of the Derek Whiteheads team?", "What is the last year of the Mahabad Republic?"]
+    assert exact.named_in(bent) == [[], []]
+    assert approximate.named_in(bent) == [[0], [1]]
+    assert approximate.named_in(["BBC Radio, by", "Whitehouse"]) == [[], []]  # 3 of 6 trigrams; too few
+    # a query that names some subject exactly gets no approximate candidates
+    assert approximate.edits_named_in("BBC One and Derek Whiteheads") == [2]
+    assert trigrams("Java") == {" ja", "jav", "ava", "va "}
+
+
+def test_each_candidate_is_compared_with_the_sentence_naming_its_own_subject():
+    encode = fake_encoder()
+    subjects, prompts = ["Rome", "Howard Glacier"], ["Rome is the capital of", "Howard Glacier is in"]
+    router = RetrievalRouter(RetrievalConfig(), encode(prompts), subjects, prompts, {"subject": 0.99, "free": 2.0},
+                             encode=encode)
+    query = "Rome fell in 476. Howard Glacier is in"  # leading noise names another edited subject
+    routes = router.route([query], encode([query]))
+    assert routes.routed.tolist() == [True] and routes.edit.tolist() == [1]
 
 
 def test_edit_whose_prompt_lacks_its_subject_is_not_indexed():
@@ -122,3 +146,49 @@ def test_paper_gate_routes_below_epsilon():
     calibrated = router_class("paper-gate").fit(data, MegConfig(gate=GateConfig(max_epochs=400)), False)
     assert calibrated.route(unrelated, encode(unrelated)).routed.double().mean() <= 0.02
     assert set(ROUTERS) == {"paper-gate", "retrieval"}
+
+
+def test_conflicting_locality_prompts_are_those_asking_an_edited_fact():
+    from meg.benchmarks.routing import conflicting_locality, rates
+    from meg.requests import EditRequest
+    from meg.routing import Routes
+
+    def edit(prompt, subject, truth, loc, loc_answer=None):
+        answers = (loc_answer,) if loc_answer is not None else ()
+        return EditRequest(prompt, "X", subject, ("p",), (loc,), truth, unrelated_answers=answers)
+
+    requests = [
+        edit("In which constellation is Tau Herculis?", "Tau Herculis", "Hercules",
+             "The constellation of Tau Herculis is", "Hercules"),  # same subject, same answer: the edited fact
+        edit("The taxon rank of Epaspidoceras is", "Epaspidoceras", "genus",
+             "Which family does Epaspidoceras belong to?", "Aspidoceratidae"),  # same subject, other fact
+        edit("LeBron James is a professional", "LeBron James", "basketball",
+             "Michael Jordan plays", "basketball"),  # names edit 3's subject and expects its true answer
+        edit("Michael Jordan plays", "Michael Jordan", "basketball", "LeBron James is a professional"),  # repeats edit
+    ]
+    conflicting = conflicting_locality(requests)
+    assert conflicting.tolist() == [True, False, True, True]
+    routed = torch.tensor([True, True, False, False])
+    routes = {name: Routes(routed, torch.arange(4), torch.zeros(4)) for name in ("edits", "paraphrases", "locality")}
+    out = rates(routes, conflicting)
+    assert out["locality_routed"] == 50.0 and out["locality_routed_clean"] == 100.0
+
+
+def test_paraphrases_of_a_fact_edited_twice_count_for_their_fact():
+    from meg.benchmarks.routing import fact_groups, rates
+    from meg.requests import EditRequest
+    from meg.routing import Routes
+
+    requests = [EditRequest("What constellation is home to Butterfly Cluster?", "A", "Butterfly Cluster",
+                            ground_truth="Scorpius"),
+                EditRequest("What is the constellation where Butterfly Cluster is located?", "B", "Butterfly Cluster",
+                            ground_truth="Scorpius"),
+                EditRequest("Who discovered Butterfly Cluster?", "C", "Butterfly Cluster", ground_truth="Ptolemy"),
+                EditRequest("An edit without subject", "D")]  # fmt: skip
+    facts = fact_groups(requests)
+    assert facts[0] == facts[1] and len(set(facts.tolist())) == 3
+    routed = torch.tensor([True, True, True, False])
+    paraphrases = Routes(routed, torch.tensor([1, 1, 0, -1]), torch.zeros(4))  # row 0 went to its duplicate
+    routes = {"edits": paraphrases, "paraphrases": paraphrases, "locality": paraphrases}
+    out = rates(routes, facts=facts)
+    assert out["paraphrase_own"] == 25.0 and out["paraphrase_own_fact"] == 50.0

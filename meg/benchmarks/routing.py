@@ -21,7 +21,9 @@ from meg.encoder import EncoderConfig
 from meg.pseudo_edits import split_pairs
 from meg.requests import EditRequest, PseudoPair
 from meg.results import markdown_table, write_results
+from meg.prompts import normalize_answer
 from meg.routing import Routes, RoutingData, router_class
+from meg.routing.subjects import SubjectIndex
 from meg.stages import tuned_encoder
 
 
@@ -67,22 +69,67 @@ def query_sets(requests: Sequence[EditRequest]) -> QuerySets:
                      [r.unrelated[0] for r in requests])
 
 
-def rates(routes: dict[str, Routes]) -> dict[str, float]:
-    """Percentages: edit prompts / paraphrases routed to their OWN edit, locality prompts routed at all."""
+def conflicting_locality(requests: Sequence[EditRequest]) -> torch.Tensor:
+    """(N,) bool: locality prompt i asks about a fact the edit set itself changes, so a correct router SHOULD
+    route it although the benchmark scores it as unrelated.
+
+    A locality prompt conflicts when it repeats an edit prompt, or names (whole words) the subject of an edit
+    whose true answer is the locality prompt's own expected answer: the same subject and the same answer is the
+    same fact asked in other words ("The constellation of Tau Herculis is" vs the edit "In which constellation
+    is Tau Herculis?"). Needs `ground_truth` and `unrelated_answers`; a prompt whose answer is unknown conflicts
+    only by repetition. Used for reporting only, never for calibration.
+    """
+    index = SubjectIndex([r.subject for r in requests], [r.prompt for r in requests])
+    truths = [normalize_answer(r.ground_truth) if r.ground_truth else None for r in requests]
+    prompts = {r.prompt.strip().lower() for r in requests}
+    locality = [r.unrelated[0] for r in requests]
+    named = index.named_in(locality)
+    out = torch.zeros(len(requests), dtype=torch.bool)
+    for i, r in enumerate(requests):
+        answer = normalize_answer(r.unrelated_answers[0]) if r.unrelated_answers else ""
+        same_fact = bool(answer) and any(truths[j] == answer for j in named[i])
+        out[i] = same_fact or locality[i].strip().lower() in prompts
+    return out
+
+
+def fact_groups(requests: Sequence[EditRequest]) -> torch.Tensor:
+    """(N,) long: edits that change the same fact (same subject and same true answer, e.g. KnowEdit's ZsRE file
+    edits "What constellation is home to Butterfly Cluster?" and "What is the constellation where Butterfly
+    Cluster is located?" separately) share a group; an edit without subject or true answer is its own group."""
+    keys: dict[tuple[str, str], int] = {}
+    groups = []
+    for i, r in enumerate(requests):
+        key = (r.subject.strip().lower(), normalize_answer(r.ground_truth)) if r.subject and r.ground_truth else ("", str(i))
+        groups.append(keys.setdefault(key, len(keys)))
+    return torch.tensor(groups, dtype=torch.long)
+
+
+def rates(routes: dict[str, Routes], conflicting: torch.Tensor | None = None,
+          facts: torch.Tensor | None = None) -> dict[str, float]:
+    """Percentages: edit prompts / paraphrases routed to their OWN edit, locality prompts routed at all; with
+    `conflicting` (N,), also the locality prompts routed among the clean (non-conflicting) ones; with `facts`
+    (N,), also the paraphrases routed to an edit of their own fact (their edit or a duplicate of it)."""
     own = {}
     for name in ("edits", "paraphrases"):
         r = routes[name]
         own[name] = 100.0 * float((r.routed & (r.edit == torch.arange(len(r.edit)))).double().mean())
-    return {"edit_own": own["edits"], "paraphrase_own": own["paraphrases"],
-            "locality_routed": 100.0 * float(routes["locality"].routed.double().mean())}
+    out = {"edit_own": own["edits"], "paraphrase_own": own["paraphrases"],
+           "locality_routed": 100.0 * float(routes["locality"].routed.double().mean())}
+    if facts is not None:
+        r = routes["paraphrases"]
+        same = r.routed & (facts[r.edit.clamp_min(0)] == facts)
+        out["paraphrase_own_fact"] = 100.0 * float(same.double().mean())
+    if conflicting is not None and bool((~conflicting).any()):
+        out["locality_routed_clean"] = 100.0 * float(routes["locality"].routed[~conflicting].double().mean())
+    return out
 
 
-def _measure(router, sets: QuerySets, embed) -> dict[str, Any]:
+def _measure(router, sets: QuerySets, embed, conflicting: torch.Tensor, facts: torch.Tensor) -> dict[str, Any]:
     texts = {"edits": sets.edits, "paraphrases": sets.paraphrases, "locality": sets.locality}
     emb = {name: embed(t) for name, t in texts.items()}
-    point = rates({name: router.route(texts[name], emb[name]) for name in texts})
+    point = rates({name: router.route(texts[name], emb[name]) for name in texts}, conflicting, facts)
     curves = {name: router.curve(texts[name], emb[name]) for name in texts}
-    curve = [{"threshold": value, **rates({name: curves[name][i][1] for name in texts})}
+    curve = [{"threshold": value, **rates({name: curves[name][i][1] for name in texts}, conflicting, facts)}
              for i, (value, _) in enumerate(curves["edits"])]
     return {"operating_point": point, "curve": curve}
 
@@ -103,7 +150,7 @@ def bench_variant(variant: RouterVariant, requests: Sequence[EditRequest], pairs
     fit_start = time.perf_counter()
     router = router_class(variant.router).fit(data, config, progress=progress)
     fit_seconds = time.perf_counter() - fit_start
-    result = _measure(router, query_sets(requests), embed)
+    result = _measure(router, query_sets(requests), embed, conflicting_locality(requests), fact_groups(requests))
     calibration = {k: v for k, v in router.config_dict().items() if k != "training"}
     return {"variant": asdict(variant), **result, "calibration": calibration,
             "fit_seconds": round(fit_seconds, 2), "seconds": round(time.perf_counter() - start, 2)}
@@ -117,29 +164,43 @@ def route_bench(requests: Sequence[EditRequest], variants: Sequence[str], pairs:
     pairs = [p for p in pairs if p.question not in taken and p.paraphrase not in taken]
     unrelated = [q for q in unrelated if q not in taken]
     results = {name: bench_variant(VARIANTS[name], usable, pairs, unrelated, work, progress) for name in variants}
-    return {"n": len(usable), "pseudo_pairs": len(pairs), "calibration_queries": len(unrelated), "variants": results}
+    conflicting = int(conflicting_locality(usable).sum())
+    duplicated = int(fact_groups(usable).bincount().gt(1).sum())
+    return {"n": len(usable), "pseudo_pairs": len(pairs), "calibration_queries": len(unrelated),
+            "conflicting_locality": conflicting, "facts_edited_more_than_once": duplicated, "variants": results}
 
 
 def write_route_bench(out_dir: str | Path, name: str, bench: dict[str, Any], setup: dict[str, Any]) -> dict[str, Path]:
     rows = []
     for key, result in bench["variants"].items():
         p = result["operating_point"]
+        optional = [p.get(k) for k in ("paraphrase_own_fact", "locality_routed_clean")]
         rows.append([key, result["variant"]["label"], f"{p['edit_own']:.1f}", f"{p['paraphrase_own']:.1f}",
-                     f"{p['locality_routed']:.1f}", result["fit_seconds"]])
+                     *("-" if v is None else f"{v:.1f}" for v in optional[:1]), f"{p['locality_routed']:.1f}",
+                     *("-" if v is None else f"{v:.1f}" for v in optional[1:]), result["fit_seconds"]])
     table = markdown_table(["router", "setting", "edit prompts -> own edit %", "paraphrases -> own edit %",
-                            "locality routed %", "fit s"], rows)
+                            "paraphrases -> own fact %", "locality routed %", "clean locality routed %", "fit s"], rows)
+    conflicting = bench.get("conflicting_locality", 0)
     header = (f"# Routing: {setup['data']} (N = {bench['n']})\n\nCommand: `{setup['command']}`\n\n"
               f"Calibration: {bench['calibration_queries']} shipped unrelated queries, {bench['pseudo_pairs']} shipped "
-              f"pseudo pairs (disjoint from the test data); target unrelated routing rate 2%.\n\n")
+              f"pseudo pairs (disjoint from the test data); target unrelated routing rate 2%.\n\n"
+              f"Conflicting locality prompts: {conflicting} of {bench['n']} ({100 * conflicting / bench['n']:.1f}%) ask "
+              "about a fact the edit set itself changes (they repeat an edit prompt, or name an edited subject and "
+              "expect that edit's true answer), so a correct router routes them; 'clean' leaves them out "
+              "(meg.benchmarks.routing.conflicting_locality).\n\n"
+              f"Facts edited more than once: {bench.get('facts_edited_more_than_once', 0)} (same subject and true answer "
+              "under differently worded prompts); 'own fact' counts a paraphrase routed to any edit of its fact "
+              "(meg.benchmarks.routing.fact_groups).\n\n")
 
     def draw(axes) -> None:
+        x = "locality_routed_clean" if bench.get("conflicting_locality") else "locality_routed"
         for key, result in bench["variants"].items():
             curve = result["curve"]
-            axes.plot([c["locality_routed"] for c in curve], [c["paraphrase_own"] for c in curve], label=key)
+            axes.plot([c[x] for c in curve], [c["paraphrase_own"] for c in curve], label=key)
             p = result["operating_point"]
-            axes.scatter([p["locality_routed"]], [p["paraphrase_own"]], marker="o")
+            axes.scatter([p[x]], [p["paraphrase_own"]], marker="o")
         axes.axvline(2.0, color="grey", linestyle=":", linewidth=1)
-        axes.set_xlabel("locality prompts routed (%)")
+        axes.set_xlabel("clean locality prompts routed (%)" if x.endswith("clean") else "locality prompts routed (%)")
         axes.set_ylabel("paraphrases routed to their own edit (%)")
         axes.set_xscale("symlog", linthresh=1.0)
         axes.set_xlim(left=0)

@@ -19,7 +19,6 @@ of the unrelated calibration queries overall.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
@@ -29,24 +28,9 @@ import torch
 from meg import files
 from meg.errors import InputError
 from meg.routing.base import Routes, RoutingData
+from meg.routing.subjects import SubjectIndex, focus
 
-_WORD = re.compile(r"\w+|[^\w\s]")
-_SENTENCE_END = re.compile(r"[.!?]\s|\n")
 Encode = Callable[[Sequence[str]], torch.Tensor]
-
-
-def words(text: str) -> tuple[str, ...]:
-    """Lower-cased word and punctuation tokens: the unit of subject matching."""
-    return tuple(_WORD.findall(text.lower()))
-
-
-def focus(text: str, subject: str) -> str:
-    """The text from the start of the sentence that first names `subject` (the whole text if absent)."""
-    at = text.lower().find(subject.lower())
-    if at < 0:
-        return text
-    ends = [m.end() for m in _SENTENCE_END.finditer(text, 0, at)]
-    return text[ends[-1]:].strip() if ends else text
 
 
 @dataclass(frozen=True)
@@ -60,11 +44,15 @@ class RetrievalConfig:
     use_subjects: bool = True  # False: ignore subjects, route by cosine only (the "nearest edit" baseline)
     subject_required: bool = True  # an edit with a subject is reachable only by a query that names it
     focus: bool = True  # compare only the sentence naming the subject
+    approximate_subjects: float | None = 0.8  # trigram coverage naming a subject approximately; None = exact only
 
     def __post_init__(self) -> None:
         for name in ("target_unrelated_rate", "paraphrase_recall"):
             if not 0 < getattr(self, name) < 1:
                 raise InputError(f"RetrievalConfig.{name} must be in (0, 1), got {getattr(self, name)}")
+        if self.approximate_subjects is not None and not 0 < self.approximate_subjects <= 1:
+            raise InputError(f"RetrievalConfig.approximate_subjects must be in (0, 1] or None, "
+                             f"got {self.approximate_subjects}")
         for name in ("subject_threshold", "free_threshold"):
             value = getattr(self, name)
             if value is not None and not -1 <= value <= 1:
@@ -79,35 +67,6 @@ class RetrievalConfig:
         if unknown:
             raise InputError(f"unknown RetrievalConfig fields: {', '.join(sorted(unknown))}")
         return cls(**data)
-
-
-class SubjectIndex:
-    """Which edits' subjects a text names: subject word-tuples -> edit indices, matched over n-grams."""
-
-    def __init__(self, subjects: Sequence[str | None], prompts: Sequence[str]):
-        self.table: dict[tuple[str, ...], list[int]] = {}
-        for i, (subject, prompt) in enumerate(zip(subjects, prompts)):
-            key = words(subject) if subject else ()
-            # An edit whose prompt does not contain its own subject cannot be verified by subject.
-            if key and _contains(words(prompt), key):
-                self.table.setdefault(key, []).append(i)
-        self.longest = max((len(k) for k in self.table), default=0)
-        self.indexed = sorted(i for rows in self.table.values() for i in rows)
-
-    def __len__(self) -> int:
-        return len(self.indexed)
-
-    def edits_named_in(self, text: str) -> list[int]:
-        tokens = words(text)
-        found: list[int] = []
-        for n in range(1, min(self.longest, len(tokens)) + 1):
-            for start in range(len(tokens) - n + 1):
-                found += self.table.get(tokens[start : start + n], [])
-        return sorted(set(found))
-
-
-def _contains(tokens: tuple[str, ...], key: tuple[str, ...]) -> bool:
-    return any(tokens[i : i + len(key)] == key for i in range(len(tokens) - len(key) + 1))
 
 
 def conformal_threshold(scores: torch.Tensor, rate: float) -> float:
@@ -139,7 +98,8 @@ class RetrievalRouter:
                  encode: Encode | None = None):
         self.config, self.edit_embeddings = config, edit_embeddings  # (N, C)
         self.subjects, self.prompts, self.encode = list(subjects), list(prompts), encode
-        self.index = SubjectIndex(self.subjects if config.use_subjects else [None] * len(prompts), self.prompts)
+        self.index = SubjectIndex(self.subjects if config.use_subjects else [None] * len(prompts), self.prompts,
+                                  config.approximate_subjects)
         free = torch.ones(len(prompts), dtype=torch.bool)
         if config.subject_required:
             free[self.index.indexed] = False
@@ -149,28 +109,27 @@ class RetrievalRouter:
 
     # --- routing ---
 
-    def _focused(self, queries: Sequence[str], rows: list[int], embeddings: torch.Tensor) -> torch.Tensor:
-        """Embeddings (len(rows), C) of the sentence naming each row's candidate subject."""
-        texts = [focus(queries[r], self.subjects[self.index.edits_named_in(queries[r])[0]]) for r in rows]
-        changed = [i for i, (t, r) in enumerate(zip(texts, rows)) if t != queries[r]]
-        out = embeddings[rows].clone()
-        if changed and self.config.focus and self.encode is not None:
-            out[changed] = self.encode([texts[i] for i in changed]).to(out.dtype)
-        return out
-
     def _subject_path(self, queries: Sequence[str], embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per query: best similarity among edits whose subject it names (-inf if none), and that edit."""
+        """Per query: best similarity among edits whose subject it names (-inf if none), and that edit.
+
+        Each candidate is compared with the sentence naming ITS subject (a CounterFact paraphrase's leading
+        noise may name another edited subject), so one query may need several focused texts.
+        """
         best = torch.full((len(queries),), -math.inf)
         edit = torch.full((len(queries),), -1, dtype=torch.long)
-        candidates = [self.index.edits_named_in(q) for q in queries]
-        rows = [r for r, c in enumerate(candidates) if c]
-        if not rows:
+        candidates = self.index.named_in(queries)
+        pairs = [(r, c) for r, cands in enumerate(candidates) for c in cands]  # (query row, candidate edit)
+        if not pairs:
             return best, edit
-        focused = self._focused(queries, rows, embeddings)  # (R, C)
-        for i, row in enumerate(rows):
-            sims = self.edit_embeddings[candidates[row]] @ focused[i]  # (K,)
-            k = int(sims.argmax())
-            best[row], edit[row] = sims[k], candidates[row][k]
+        texts = [focus(queries[r], self.subjects[c]) if self.config.focus else queries[r] for r, c in pairs]
+        extra = sorted({t for t, (r, _) in zip(texts, pairs) if t != queries[r]})
+        embedded = dict(zip(extra, self.encode(extra).to(embeddings.dtype))) if extra and self.encode else {}
+        rows = torch.tensor([r for r, _ in pairs])
+        edits = torch.tensor([c for _, c in pairs])
+        vectors = torch.stack([embedded.get(t, embeddings[r]) for t, (r, _) in zip(texts, pairs)])  # (P, C)
+        sims = (vectors * self.edit_embeddings[edits]).sum(dim=1)  # (P,)
+        for p in sims.argsort().tolist():  # ascending: each row ends with its most similar candidate
+            best[rows[p]], edit[rows[p]] = sims[p], edits[p]
         return best, edit
 
     def scores(self, queries: Sequence[str], embeddings: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -256,5 +215,7 @@ class RetrievalRouter:
     @classmethod
     def from_state(cls, config: dict[str, Any], state: dict[str, torch.Tensor], edit_embeddings: torch.Tensor,
                    requests: Sequence[Any], encode: Encode | None = None) -> RetrievalRouter:
-        return cls(RetrievalConfig.from_dict(config["retrieval"]), edit_embeddings, [r.subject for r in requests],
+        # Packs written before approximate subject naming existed matched subjects exactly: keep them so.
+        settings = RetrievalConfig.from_dict({"approximate_subjects": None, **config["retrieval"]})
+        return cls(settings, edit_embeddings, [r.subject for r in requests],
                    [r.prompt for r in requests], dict(config["thresholds"]), config.get("calibration"), encode)
