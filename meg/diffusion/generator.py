@@ -29,6 +29,7 @@ from meg.errors import InputError
 Architecture = Literal["dit", "mlp"]
 Normalization = Literal["scale", "standardize"]
 StopMetric = Literal["l2", "relative_l2"]
+LrSchedule = Literal["constant", "cosine"]
 
 GENERATOR_WEIGHTS = files.PACK_GENERATOR  # "generator.safetensors"
 GENERATOR_CONFIG = files.PACK_GENERATOR_CONFIG  # "generator_config.json"
@@ -49,8 +50,11 @@ class GeneratorConfig:
     beta_end: float = 0.02
     timestep_spacing: TimestepSpacing = "trailing"  # see meg.diffusion.schedule
     sampling_steps: int = 50
-    # optimisation (paper: AdamW 1e-4, no weight decay, batch 255-512)
+    # optimisation (paper: AdamW 1e-4, no weight decay, batch 255-512; no schedule or EMA is described)
     lr: float = 1e-4
+    lr_schedule: LrSchedule = "constant"  # "cosine": linear warm-up, then cosine decay to 0 at max_steps
+    warmup_steps: int = 0
+    ema_decay: float = 0.0  # > 0: evaluate, keep and return an exponential moving average of the weights
     weight_decay: float = 0.0
     batch_size: int = 256  # pairs per step, +DA zero pairs included (capped by the number of vectors)
     max_steps: int = 100_000  # budget in optimiser steps
@@ -83,6 +87,9 @@ class GeneratorConfig:
             ),
             "sampling_steps": (1 <= self.sampling_steps <= self.num_train_timesteps, "in 1..num_train_timesteps"),
             "lr": (self.lr > 0, "> 0"),
+            "lr_schedule": (self.lr_schedule in ("constant", "cosine"), "one of: constant, cosine"),
+            "warmup_steps": (0 <= self.warmup_steps < self.max_steps, "in 0..max_steps-1"),
+            "ema_decay": (0 <= self.ema_decay < 1, "in [0, 1)"),
             "weight_decay": (self.weight_decay >= 0, ">= 0"),
             "batch_size": (self.batch_size >= 1, ">= 1"),
             "max_steps": (self.max_steps >= 1, ">= 1"),

@@ -17,12 +17,15 @@ vector) pairs, `zero_fraction` of the batch (the research code adds as many such
 from __future__ import annotations
 
 import copy
+import math
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from meg import __version__, files
@@ -129,6 +132,17 @@ def evaluate(
     return out
 
 
+def lr_factor(config: GeneratorConfig, step: int) -> float:
+    """Learning-rate multiplier after `step` optimiser steps: 1 ("constant"), or a linear warm-up over
+    `warmup_steps` then a cosine decay to 0 at `max_steps` ("cosine")."""
+    if config.lr_schedule == "constant":
+        return 1.0
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(config.max_steps - config.warmup_steps, 1)
+    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
 def _std(x: torch.Tensor) -> float:
     return x.std().item() if x.numel() > 1 else 0.0  # unbiased, as torch's .std() in the research code
 
@@ -153,6 +167,10 @@ class _Trainer:
         self.model = WeightGenerator(config, data.vectors.shape[1], data.conds.shape[1]).to(device)
         self.model.fit_normalization(data.vectors)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, partial(lr_factor, config))
+        # The EMA copy (when on) is what gets evaluated, kept and returned; the raw weights only train.
+        self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+                    if config.ema_decay > 0 else None)
         self.rng = torch.Generator(device=device).manual_seed(config.seed)  # noise and timesteps
         self.batches = _batches(data, config, torch.Generator().manual_seed(config.seed + 3))
         self.eval_data = _eval_subset(data, config)
@@ -167,13 +185,21 @@ class _Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
         return loss.item()
+
+    @property
+    def evaluated(self) -> WeightGenerator:
+        """The weights that are evaluated and returned: the EMA copy when on, else the trained ones."""
+        return self.model if self.ema is None else self.ema.module
 
     def evaluate(self, step: int, seconds: float) -> float:
         """Evaluate, log, remember the best weights; returns the stop metric's mean + std."""
         self.model.eval()
         row = evaluate(
-            self.model,
+            self.evaluated,
             self.eval_data.vectors,
             self.eval_data.conds,
             self.config.sampling_steps,
@@ -186,7 +212,7 @@ class _Trainer:
         if self.log.best_criterion is None or value < self.log.best_criterion:
             self.log.best_step, self.log.best_criterion = step, value
             if self.config.keep_best:
-                self.best_state = copy.deepcopy(self.model.state_dict())
+                self.best_state = copy.deepcopy(self.evaluated.state_dict())
         self.bar.set_postfix(crit=f"{value:.4g}", best=f"{self.log.best_criterion:.4g}")
         return value
 
@@ -220,12 +246,13 @@ class _Trainer:
     def _finish(self, step: int, reason: str) -> tuple[WeightGenerator, TrainingLog]:
         if not self.log.evals or self.log.evals[-1]["step"] != step:
             self.evaluate(step, time.perf_counter() - self.start)  # a time budget can stop between evaluations
+        model = self.evaluated
         if self.config.keep_best and self.best_state is not None:
-            self.model.load_state_dict(self.best_state)
-        self.model.eval()
+            model.load_state_dict(self.best_state)
+        model.eval()
         self.log.steps, self.log.stop_reason = step, reason
         self.log.wall_seconds = round(time.perf_counter() - self.start, 3)
-        return self.model, self.log
+        return model, self.log
 
 
 def train_generator(
