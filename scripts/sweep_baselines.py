@@ -69,12 +69,21 @@ GRID_1024: list[tuple[str, str, dict]] = [
     *[("memit", f"L0-2 w{w:g}", {**_L02, "mom2_update_weight": w}) for w in (1000, 3000, 10000, 30000, 100000)],
     *[("alphaedit", f"L0-2 t{t:g}", {**_L02, "nullspace_threshold": t}) for t in (0.1, 0.05, 0.02)],
     *[("alphaedit", f"L0-2 t{t:g} l2=100", {**_L02, "nullspace_threshold": t, "l2": 100.0}) for t in (0.1, 0.02)],
+    # Second pass: more layers (more key directions to store 1,024 facts in) around each method's first-pass best.
+    *[("memit", f"L0-{last} w3000", {**_V, "layers": list(range(last + 1)), "mom2_update_weight": 3000})
+      for last in (3, 4)],
+    *[("alphaedit", f"L0-{last} t0.1 l2=100", {**_V, "layers": list(range(last + 1)), "nullspace_threshold": 0.1,
+                                                "l2": 100.0}) for last in (3, 4)],
+    ("alphaedit", "L0-2 t0.1 l2=30", {**_L02, "nullspace_threshold": 0.1, "l2": 30.0}),
+    ("alphaedit", "L0-2 t0.2 l2=100", {**_L02, "nullspace_threshold": 0.2, "l2": 100.0}),
 ]
 GRIDS = {"n64": GRID, "n1024": GRID_1024}
 GRID_NOTES = {
     "n64": "Two passes: the grid, then settings around each method's best (the rows after the first AlphaEdit block).",
-    "n1024": "The grid around the N = 64 choices (first row of each method); MEMIT and AlphaEdit rows share their "
-             "cached step-1 target values, so only the first of them pays for the delta optimisation.",
+    "n1024": "Two passes: the grid around the N = 64 choices (first row of each method), then more layers and "
+             "ridges around each method's best (the rows after the first pass's last AlphaEdit row). MEMIT and "
+             "AlphaEdit rows with the same last layer share their cached step-1 target values, so only the first "
+             "of them pays for the delta optimisation.",
 }
 
 
