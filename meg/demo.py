@@ -11,9 +11,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from meg.config import MegConfig
+from meg.config import MegConfig, default_encoder_config
 from meg.diffusion.generator import CONFIGS
-from meg.encoder import EncoderConfig
 from meg.evaluation.harness import read_records
 from meg.evaluation.runner import RunConfig, run_edit_and_eval
 from meg.files import RUN_RECORDS
@@ -22,7 +21,7 @@ from meg.files import RUN_RECORDS
 def demo_config(quick: bool = False) -> MegConfig:
     """The demo's MeG settings; `quick` (for CI smoke tests) shortens every stage further."""
     generator = replace(CONFIGS["small-gpt2"], max_steps=300 if quick else 1000, eval_every=150 if quick else 500)
-    encoder = EncoderConfig(epochs=1 if quick else 2, hard_negatives=2, temperature=0.05)
+    encoder = replace(default_encoder_config(), epochs=1 if quick else 2)
     return MegConfig(encoder=encoder, generator=generator)
 
 

@@ -16,13 +16,13 @@ from typing import Any
 
 import torch
 
-from meg.config import MegConfig
+from meg.config import MegConfig, default_encoder_config
 from meg.encoder import EncoderConfig
 from meg.pseudo_edits import split_pairs
 from meg.requests import EditRequest, PseudoPair
 from meg.results import markdown_table, write_results
 from meg.prompts import normalize_answer
-from meg.routing import Routes, RoutingData, router_class
+from meg.routing import RetrievalConfig, Routes, RoutingData, router_class
 from meg.routing.subjects import SubjectIndex
 from meg.stages import tuned_encoder
 
@@ -36,22 +36,28 @@ class RouterVariant:
     tuned_encoder: bool = True
     use_subjects: bool = True  # False: the edits are given without a subject field
     encoder_config: dict | None = None  # overrides of EncoderConfig fields (e.g. hard negatives)
+    retrieval_config: dict | None = None  # overrides of RetrievalConfig fields
 
 
+_HARD = {"hard_negatives": default_encoder_config().hard_negatives, "temperature": default_encoder_config().temperature}
 VARIANTS: dict[str, RouterVariant] = {
     "paper-gate/untuned": RouterVariant("paper gate, untuned encoder", "paper-gate", tuned_encoder=False),
     "paper-gate/tuned": RouterVariant("paper gate, InfoNCE encoder", "paper-gate"),
-    "paper-gate/hard": RouterVariant("paper gate, InfoNCE + hard negatives (T 0.05; the meg-gate method)",
-                                     "paper-gate", encoder_config={"hard_negatives": 2, "temperature": 0.05}),
+    "paper-gate/hard": RouterVariant("paper gate, InfoNCE + hard negatives (the meg-gate method)", "paper-gate",
+                                     encoder_config=_HARD),
     "nearest/tuned": RouterVariant("retrieval with edits given WITHOUT subjects (nearest edit + calibrated cosine), "
                                    "InfoNCE encoder", "retrieval", use_subjects=False),
     "retrieval/tuned": RouterVariant("subject-verified retrieval, InfoNCE encoder", "retrieval"),
     "retrieval/untuned": RouterVariant("subject-verified retrieval, untuned encoder", "retrieval", tuned_encoder=False),
-    "retrieval/hard": RouterVariant("subject-verified retrieval, InfoNCE + hard negatives (T 0.05)", "retrieval",
-                                    encoder_config={"hard_negatives": 2, "temperature": 0.05}),
+    "retrieval/hard": RouterVariant("subject-verified retrieval, InfoNCE + 6 hard negatives (T 0.05; the default)",
+                                    "retrieval", encoder_config=_HARD),
+    "retrieval/hard2": RouterVariant("subject-verified retrieval, InfoNCE + 2 hard negatives (T 0.05; the default "
+                                     "until 2026-11-30)", "retrieval",
+                                     encoder_config={"hard_negatives": 2, "temperature": 0.05}),
+    "retrieval/exact": RouterVariant("subject-verified retrieval, default encoder, exact subject naming only",
+                                     "retrieval", encoder_config=_HARD, retrieval_config={"approximate_subjects": None}),
     "nearest/hard": RouterVariant("retrieval with edits given WITHOUT subjects (nearest edit + calibrated cosine), "
-                                  "hard-negative encoder", "retrieval", use_subjects=False,
-                                  encoder_config={"hard_negatives": 2, "temperature": 0.05}),
+                                  "hard-negative encoder", "retrieval", use_subjects=False, encoder_config=_HARD),
 }
 
 
@@ -146,7 +152,8 @@ def bench_variant(variant: RouterVariant, requests: Sequence[EditRequest], pairs
     edits = requests if variant.use_subjects else [replace(r, subject=None) for r in requests]
     data = RoutingData([r.prompt for r in edits], embed([r.prompt for r in edits]), [r.subject for r in edits],
                        list(unrelated), embed(unrelated), calibration_pairs, extra={"encode": embed})
-    config = MegConfig(router=variant.router, encoder=encoder_config)
+    retrieval = RetrievalConfig.from_dict({**RetrievalConfig().to_dict(), **(variant.retrieval_config or {})})
+    config = MegConfig(router=variant.router, encoder=encoder_config, retrieval=retrieval)
     fit_start = time.perf_counter()
     router = router_class(variant.router).fit(data, config, progress=progress)
     fit_seconds = time.perf_counter() - fit_start
