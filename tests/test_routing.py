@@ -13,7 +13,7 @@ from meg.gate import GateConfig
 from meg.requests import PseudoPair
 from meg.routing import ROUTERS, RetrievalConfig, RoutingData, router_class
 from meg.routing.retrieval import RetrievalRouter, conformal_threshold
-from meg.routing.subjects import SubjectIndex, focus, trigrams
+from meg.routing.subjects import SubjectIndex, focus, infer_subject, trigrams
 
 SUBJECTS = ["BBC One", "Danielle Darrieux", "Toko Yasuda"]
 PROMPTS = ["BBC One, by", "The mother tongue of Danielle Darrieux is", "Toko Yasuda plays the"]
@@ -55,6 +55,8 @@ def test_approximate_naming_is_a_fallback_for_bent_subjects():
     assert exact.named_in(bent) == [[], []]
     assert approximate.named_in(bent) == [[0], [1]]
     assert approximate.named_in(["BBC Radio, by", "Whitehouse"]) == [[], []]  # 3 of 6 trigrams; too few
+    variants = SubjectIndex(["Renault 5"], ["Renault 5 is created by"], min_coverage=0.8)
+    assert variants.named_in(["Renault 12 is created by", "the Renault 5's maker"]) == [[], [0]]  # every word counts
     # a query that names some subject exactly gets no approximate candidates
     assert approximate.edits_named_in("BBC One and Derek Whiteheads") == [2]
     assert trigrams("Java") == {" ja", "jav", "ava", "va "}
@@ -106,7 +108,7 @@ def test_subject_path_routes_paraphrases_and_rejects_other_subjects():
 
 
 def test_free_path_only_for_edits_without_subjects_by_default():
-    router, encode = _router(RetrievalConfig(), subjects=[None, SUBJECTS[1], SUBJECTS[2]])
+    router, encode = _router(RetrievalConfig(infer_subjects=False), subjects=[None, SUBJECTS[1], SUBJECTS[2]])
     # Exact repeats of the prompts: cosine 1. Edit 0 has no subject -> free path; edit 2 needs its subject.
     queries = ["BBC One, by", "Toko Yasuda plays the"]
     routes = router.route(queries, encode(queries))
@@ -192,3 +194,25 @@ def test_paraphrases_of_a_fact_edited_twice_count_for_their_fact():
     routes = {"edits": paraphrases, "paraphrases": paraphrases, "locality": paraphrases}
     out = rates(routes, facts=facts)
     assert out["paraphrase_own"] == 25.0 and out["paraphrase_own_fact"] == 50.0
+
+
+@pytest.mark.parametrize("prompt, subject", [
+    ("The mother tongue of Danielle Darrieux is", "Danielle Darrieux"),
+    ("What is the twin city of Lyon? It is", "Lyon"),
+    ("When did Battle of the Java Sea occur?", "Battle of the Java Sea"),
+    ("In what war did Herbert T. Levack fight in?", "Herbert T. Levack"),
+    ("Who is Archduchess Mechthildis of Austria's father?", "Archduchess Mechthildis of Austria"),
+    ("thorium, which is called after", None),
+])
+def test_infer_subject_takes_the_longest_capitalised_name(prompt, subject):
+    assert infer_subject(prompt) == subject
+
+
+def test_edits_without_subjects_get_inferred_ones_unless_subjects_are_off():
+    encode = fake_encoder()
+    inferred, _ = _router(RetrievalConfig(), subjects=[None, None, None])
+    assert inferred.subjects == ["BBC One", "Danielle Darrieux", "Toko Yasuda"] and len(inferred.index) == 3
+    plain, _ = _router(RetrievalConfig(infer_subjects=False), subjects=[None, None, None])
+    assert plain.subjects == [None] * 3 and len(plain.index) == 0 and plain.free_edits.tolist() == [0, 1, 2]
+    off, _ = _router(RetrievalConfig(use_subjects=False))
+    assert len(off.index) == 0

@@ -46,7 +46,8 @@ VARIANTS: dict[str, RouterVariant] = {
     "paper-gate/hard": RouterVariant("paper gate, InfoNCE + hard negatives (the meg-gate method)", "paper-gate",
                                      encoder_config=_HARD),
     "nearest/tuned": RouterVariant("retrieval with edits given WITHOUT subjects (nearest edit + calibrated cosine), "
-                                   "InfoNCE encoder", "retrieval", use_subjects=False),
+                                   "InfoNCE encoder", "retrieval", use_subjects=False,
+                                   retrieval_config={"infer_subjects": False}),
     "retrieval/tuned": RouterVariant("subject-verified retrieval, InfoNCE encoder", "retrieval"),
     "retrieval/untuned": RouterVariant("subject-verified retrieval, untuned encoder", "retrieval", tuned_encoder=False),
     "retrieval/hard": RouterVariant("subject-verified retrieval, InfoNCE + 6 hard negatives (T 0.05; the default)",
@@ -57,7 +58,11 @@ VARIANTS: dict[str, RouterVariant] = {
     "retrieval/exact": RouterVariant("subject-verified retrieval, default encoder, exact subject naming only",
                                      "retrieval", encoder_config=_HARD, retrieval_config={"approximate_subjects": None}),
     "nearest/hard": RouterVariant("retrieval with edits given WITHOUT subjects (nearest edit + calibrated cosine), "
-                                  "hard-negative encoder", "retrieval", use_subjects=False, encoder_config=_HARD),
+                                  "hard-negative encoder", "retrieval", use_subjects=False, encoder_config=_HARD,
+                                  retrieval_config={"infer_subjects": False}),
+    "inferred/hard": RouterVariant("the default router with edits given WITHOUT subjects: subjects guessed from the "
+                                   "prompts (meg.routing.subjects.infer_subject)", "retrieval", use_subjects=False,
+                                   encoder_config=_HARD),
 }
 
 

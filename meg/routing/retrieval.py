@@ -28,7 +28,7 @@ import torch
 from meg import files
 from meg.errors import InputError
 from meg.routing.base import Routes, RoutingData
-from meg.routing.subjects import SubjectIndex, focus
+from meg.routing.subjects import SubjectIndex, focus, infer_subject
 
 Encode = Callable[[Sequence[str]], torch.Tensor]
 
@@ -45,6 +45,7 @@ class RetrievalConfig:
     subject_required: bool = True  # an edit with a subject is reachable only by a query that names it
     focus: bool = True  # compare only the sentence naming the subject
     approximate_subjects: float | None = 0.8  # trigram coverage naming a subject approximately; None = exact only
+    infer_subjects: bool = True  # an edit given without a subject gets one guessed from its prompt (subjects.py)
 
     def __post_init__(self) -> None:
         for name in ("target_unrelated_rate", "paraphrase_recall"):
@@ -97,9 +98,11 @@ class RetrievalRouter:
                  prompts: Sequence[str], thresholds: dict[str, float], calibration: dict[str, Any] | None = None,
                  encode: Encode | None = None):
         self.config, self.edit_embeddings = config, edit_embeddings  # (N, C)
-        self.subjects, self.prompts, self.encode = list(subjects), list(prompts), encode
-        self.index = SubjectIndex(self.subjects if config.use_subjects else [None] * len(prompts), self.prompts,
-                                  config.approximate_subjects)
+        self.prompts, self.encode = list(prompts), encode
+        infer = config.use_subjects and config.infer_subjects
+        given = list(subjects) if config.use_subjects else [None] * len(prompts)
+        self.subjects = [s or (infer_subject(p) if infer else None) for s, p in zip(given, prompts)]
+        self.index = SubjectIndex(self.subjects, self.prompts, config.approximate_subjects)
         free = torch.ones(len(prompts), dtype=torch.bool)
         if config.subject_required:
             free[self.index.indexed] = False
@@ -215,7 +218,8 @@ class RetrievalRouter:
     @classmethod
     def from_state(cls, config: dict[str, Any], state: dict[str, torch.Tensor], edit_embeddings: torch.Tensor,
                    requests: Sequence[Any], encode: Encode | None = None) -> RetrievalRouter:
-        # Packs written before approximate subject naming existed matched subjects exactly: keep them so.
-        settings = RetrievalConfig.from_dict({"approximate_subjects": None, **config["retrieval"]})
+        # Packs written before approximate naming and subject inference existed: keep them as they were.
+        settings = RetrievalConfig.from_dict({"approximate_subjects": None, "infer_subjects": False,
+                                              **config["retrieval"]})
         return cls(settings, edit_embeddings, [r.subject for r in requests],
                    [r.prompt for r in requests], dict(config["thresholds"]), config.get("calibration"), encode)

@@ -20,6 +20,7 @@ _WORD = re.compile(r"\w+|[^\w\s]")
 _ALNUM = re.compile(r"\w+")
 _SENTENCE_END = re.compile(r"[.!?]\s|\n")
 _CHUNK = 256  # texts per sparse product in approximate matching
+_WORD_COVERAGE = 0.5  # approximate naming: share of each subject word's trigrams the text must contain
 
 
 def words(text: str) -> tuple[str, ...]:
@@ -45,6 +46,62 @@ def trigrams(text: str) -> set[str]:
     return grams
 
 
+_TOKEN = re.compile(r"\S+")
+_CONNECTORS = {"of", "the", "de", "and", "von", "van", "la", "le", "du", "der", "des", "di", "da", "del", "al", "el",
+               "&", "zu", "y", "e"}
+_NOT_NAMES = {"The", "What", "Which", "Who", "Whom", "Whose", "Where", "When", "How", "Why", "In", "A", "An", "On",
+              "At", "Is", "Was", "Does", "Did", "Do", "Are", "Were", "To", "By", "From", "Of", "For", "It", "They",
+              "He", "She", "Its", "Their", "His", "Her", "This", "That", "These", "Name", "Q", "As", "With"}
+
+
+def _capitalised_after(tokens: list[re.Match], i: int) -> bool:
+    """Whether the first token after position i that is not a connector starts with a capital letter."""
+    for match in tokens[i + 1 :]:
+        if match.group(0).lower() not in _CONNECTORS:
+            return match.group(0)[:1].isupper()
+    return False
+
+
+def infer_subject(prompt: str) -> str | None:
+    """A guess at the entity a prompt is about, for edits given without a subject: the longest run of
+    capitalised words or numbers (joined by connectors such as "of", "de"), as it is written in the prompt.
+
+    Measured against the given subjects: the same string for most CounterFact and KnowEdit ZsRE prompts, and
+    mostly a part of it otherwise ("Inner Circle" for "Inner Circle railway line"), which still verifies.
+    """
+    spans: list[tuple[int, int]] = []
+    start = end = None
+    tokens = list(_TOKEN.finditer(prompt))
+    for i, match in enumerate(tokens):
+        raw = match.group(0)
+        lead = len(raw) - len(raw.lstrip("\"'(["))
+        core = raw[lead:].rstrip(",?!:;.\"')]")
+        initial = len(core) == 1 and raw[lead:].startswith(core + ".")  # "Herbert T. Levack"
+        possessive = re.search(r"['’]s?$", core)
+        if possessive:
+            core = core[: possessive.start()]
+        core_start = match.start() + lead
+        named = bool(core) and (core[0].isupper() or core[0].isdigit()) and not (start is None and core in _NOT_NAMES)
+        if named:
+            start = core_start if start is None else start
+            end = core_start + len(core) + (1 if initial else 0)
+            closed = possessive or (len(raw[lead:]) > len(core) and not initial)  # punctuation ends a name
+            if closed:
+                spans.append((start, end))
+                start = None
+        elif start is not None and raw.lower() in _CONNECTORS and _capitalised_after(tokens, i):
+            continue  # "Battle of the Java Sea": connectors between capitalised words stay inside
+        elif start is not None:
+            spans.append((start, end))
+            start = None
+    if start is not None:
+        spans.append((start, end))
+    if not spans:
+        return None
+    first, last = max(spans, key=lambda span: span[1] - span[0])
+    return prompt[first:last]
+
+
 def _contains(tokens: tuple[str, ...], key: tuple[str, ...]) -> bool:
     return any(tokens[i : i + len(key)] == key for i in range(len(tokens) - len(key) + 1))
 
@@ -54,7 +111,9 @@ class SubjectIndex:
 
     Only edits whose own prompt names their subject are indexed: the others cannot be verified by subject.
     `min_coverage` (None = exact matching only) is the share of a subject's trigrams a text must contain to
-    name it approximately.
+    name it approximately; each of the subject's words must also keep half of its own trigrams, so "Renault 12"
+    does not name "Renault 5", nor "Microsoft Office 2010" "Microsoft Office XP" (the word that tells such
+    subjects apart is short and would otherwise be outvoted).
     """
 
     def __init__(self, subjects: Sequence[str | None], prompts: Sequence[str], min_coverage: float | None = None):
@@ -69,6 +128,7 @@ class SubjectIndex:
         self._vocab: dict[str, int] = {}
         self._subject_grams = self._grams([subjects[i] or "" for i in self.indexed], grow=True)  # (S, V)
         self._sizes = np.asarray(self._subject_grams.sum(axis=1)).ravel()  # (S,) trigrams per subject
+        self._word_grams = [[trigrams(w) for w in _ALNUM.findall((subjects[i] or "").lower())] for i in self.indexed]
 
     def __len__(self) -> int:
         return len(self.indexed)
@@ -102,12 +162,16 @@ class SubjectIndex:
                 shared = (self._grams([texts[i] for i in rows]) @ self._subject_grams.T).tocoo()  # (b, S)
                 covered = shared.data >= self.min_coverage * self._sizes[shared.col]  # (nnz,)
                 for row, col in zip(shared.row[covered], shared.col[covered]):
-                    found[rows[row]].add(self.indexed[col])
+                    if self._every_word_kept(trigrams(texts[rows[row]]), col):
+                        found[rows[row]].add(self.indexed[col])
         return [sorted(f) for f in found]
+
+    def _every_word_kept(self, text_grams: set[str], subject_row: int) -> bool:
+        return all(len(g & text_grams) >= _WORD_COVERAGE * len(g) for g in self._word_grams[subject_row])
 
     def edits_named_in(self, text: str) -> list[int]:
         """`named_in` for one text."""
         return self.named_in([text])[0]
 
 
-__all__ = ["SubjectIndex", "focus", "trigrams", "words"]
+__all__ = ["SubjectIndex", "focus", "infer_subject", "trigrams", "words"]
