@@ -11,7 +11,7 @@ from meg.methods.base import ApplyFn, EditContext, EditedLM
 METHODS: dict[str, str] = {
     "meg": "meg.methods.meg_method:apply_meg",
     "meg-paper": "meg.methods.meg_method:apply_meg_paper",
-    "meg-matched": "meg.methods.meg_method:apply_meg_matched",
+    "meg-query": "meg.methods.meg_method:apply_meg_query",
     "meg-gate": "meg.methods.meg_method:apply_meg_gate",
     "knn": "meg.methods.meg_method:apply_knn",
     "mlp": "meg.methods.meg_method:apply_mlp",

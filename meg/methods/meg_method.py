@@ -89,10 +89,11 @@ def apply_mlp(model: nn.Module, tokenizer: PreTrainedTokenizerBase, requests: Se
 
 def apply_meg_paper(model: nn.Module, tokenizer: PreTrainedTokenizerBase, requests: Sequence[EditRequest],
                     context: EditContext) -> EditedModel:
-    """MeG as the paper configures it: the familiarity gate and the paper's encoder tuning (in-batch negatives,
-    temperature 1.0); everything else as `meg` (= MegConfig.paper() + the context's overrides)."""
+    """MeG as the paper configures it: the familiarity gate, the paper's encoder tuning (in-batch negatives,
+    temperature 1.0) and the generator conditioned on the query; everything else as `meg` (= MegConfig.paper() +
+    the context's overrides)."""
     encoder = replace(meg_config(context).encoder, hard_negatives=0, temperature=1.0)
-    return _apply_variant(model, tokenizer, requests, context, router="paper-gate", encoder=encoder)
+    return _apply_variant(model, tokenizer, requests, context, router="paper-gate", encoder=encoder, condition="query")
 
 
 def apply_meg_gate(model: nn.Module, tokenizer: PreTrainedTokenizerBase, requests: Sequence[EditRequest],
@@ -102,8 +103,8 @@ def apply_meg_gate(model: nn.Module, tokenizer: PreTrainedTokenizerBase, request
     return _apply_variant(model, tokenizer, requests, context, router="paper-gate")
 
 
-def apply_meg_matched(model: nn.Module, tokenizer: PreTrainedTokenizerBase, requests: Sequence[EditRequest],
-                      context: EditContext) -> EditedModel:
-    """`meg` with the generator conditioned on the MATCHED edit's prompt embedding instead of the query's own
-    (`condition="matched-edit"`): a paraphrase then gets what the edit prompt would get."""
-    return _apply_variant(model, tokenizer, requests, context, condition="matched-edit")
+def apply_meg_query(model: nn.Module, tokenizer: PreTrainedTokenizerBase, requests: Sequence[EditRequest],
+                    context: EditContext) -> EditedModel:
+    """`meg` with the generator conditioned on the query's OWN embedding (`condition="query"`, the paper's) instead
+    of the matched edit's: the pair meg / meg-query isolates the conditioning."""
+    return _apply_variant(model, tokenizer, requests, context, condition="query")
