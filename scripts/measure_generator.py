@@ -36,7 +36,14 @@ VARIANTS: dict[str, dict] = {
     "cosine 1000": {**_BASE, "max_steps": 1000, "lr_schedule": "cosine", "warmup_steps": 100},
     "cosine 3000": {**_BASE, "max_steps": 3000, "lr_schedule": "cosine", "warmup_steps": 100},
     "cosine 1500 lr 3e-3": {**_BASE, "max_steps": 1500, "lr": 3e-3, "lr_schedule": "cosine", "warmup_steps": 100},
-    "constant 5000": {**_BASE},  # the library preset as it was
+    # second pass: the learning rate was the bottleneck
+    "constant 1500 lr 3e-3": {**_BASE, "max_steps": 1500, "lr": 3e-3},
+    "cosine 1500 lr 1e-2": {**_BASE, "max_steps": 1500, "lr": 1e-2, "lr_schedule": "cosine", "warmup_steps": 100},
+    "constant 1500 lr 1e-2": {**_BASE, "max_steps": 1500, "lr": 1e-2},
+    "cosine 1500 lr 3e-2": {**_BASE, "max_steps": 1500, "lr": 3e-2, "lr_schedule": "cosine", "warmup_steps": 100},
+    "cosine 1000 lr 1e-2": {**_BASE, "max_steps": 1000, "lr": 1e-2, "lr_schedule": "cosine", "warmup_steps": 100},
+    "cosine 1500 lr 5e-3": {**_BASE, "max_steps": 1500, "lr": 5e-3, "lr_schedule": "cosine", "warmup_steps": 100},
+    "cosine 1000 lr 5e-3": {**_BASE, "max_steps": 1000, "lr": 5e-3, "lr_schedule": "cosine", "warmup_steps": 100},
 }
 
 

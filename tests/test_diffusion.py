@@ -273,3 +273,13 @@ def test_shape_errors_name_the_expected_shape():
         model.sample(torch.randn(2, C + 1))
     with pytest.raises(InputError, match="vectors"):
         train_generator(torch.randn(3, D), torch.randn(4, C), _tiny(), progress=False)
+
+
+def test_learning_rate_is_scaled_down_for_batches_smaller_than_configured():
+    from meg.diffusion.train import _Data, effective_lr
+
+    config = _tiny(lr=5e-3, batch_size=256)
+    few = _Data(torch.zeros(8, D), torch.zeros(8, C), None)
+    many = _Data(torch.zeros(1000, D), torch.zeros(1000, C), None)
+    assert effective_lr(few, config) == pytest.approx(5e-3 * (8 / 256) ** 0.5)
+    assert effective_lr(many, config) == 5e-3
