@@ -12,8 +12,8 @@ from meg.errors import InputError
 from meg.gate import GateConfig
 from meg.requests import PseudoPair
 from meg.routing import ROUTERS, RetrievalConfig, RoutingData, router_class
-from meg.routing.retrieval import RetrievalRouter, conformal_threshold
-from meg.routing.subjects import SubjectIndex, focus, infer_subject, trigrams
+from meg.routing.retrieval import RetrievalRouter, conformal_threshold, weighted_quantile
+from meg.routing.subjects import SubjectIndex, focus, infer_subject, trigrams, without_subject
 
 SUBJECTS = ["BBC One", "Danielle Darrieux", "Toko Yasuda"]
 PROMPTS = ["BBC One, by", "The mother tongue of Danielle Darrieux is", "Toko Yasuda plays the"]
@@ -107,6 +107,17 @@ def test_subject_path_routes_paraphrases_and_rejects_other_subjects():
     assert routes.edit[0] == 0
 
 
+def test_subject_score_blends_in_the_subject_masked_cosine():
+    router, encode = _router(RetrievalConfig(masked_weight=0.25))
+    query = "Danielle Darrieux's home town is"
+    scores = router.scores([query], encode([query]))
+    full = float(encode([query])[0] @ encode([PROMPTS[1]])[0])
+    masked = float(encode(["it's home town is"])[0] @ encode(["The mother tongue of it is"])[0])
+    assert scores["subject_edit"].tolist() == [1]
+    assert float(scores["subject_sim"][0]) == pytest.approx(0.75 * full + 0.25 * masked, abs=1e-6)
+    assert without_subject("Where was BBC One founded?", "bbc one") == "Where was it founded?"
+
+
 def test_free_path_only_for_edits_without_subjects_by_default():
     router, encode = _router(RetrievalConfig(infer_subjects=False), subjects=[None, SUBJECTS[1], SUBJECTS[2]])
     # Exact repeats of the prompts: cosine 1. Edit 0 has no subject -> free path; edit 2 needs its subject.
@@ -127,6 +138,44 @@ def test_fit_calibrates_on_held_out_pairs_and_unrelated_queries():
     assert router.calibration["paraphrase_pairs"] == 40
     achieved = router.route(unrelated, encode(unrelated)).routed.double().mean()
     assert achieved <= 0.02 and router.calibration["achieved_unrelated_rate"] == pytest.approx(float(achieved))
+
+
+def test_weighted_quantile():
+    values = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)
+    assert weighted_quantile(values, torch.ones(4, dtype=torch.float64), 0.5) == 0.2
+    assert weighted_quantile(values, torch.tensor([0.0, 0.0, 1.0, 1.0], dtype=torch.float64), 0.1) == 0.3
+    assert weighted_quantile(values, torch.ones(4, dtype=torch.float64), 0.0) == 0.1
+
+
+def test_matched_calibration_uses_the_pairs_nearest_to_the_edits():
+    """Two styles of held-out pair: loose paraphrases (cosine ~0.5) and close ones (~0.9). Edits that look like
+    the close style get a threshold from the close pairs only; uniform calibration mixes both."""
+    dim = 16
+    gen = torch.Generator().manual_seed(0)
+    style = {"loose": unit(torch.randn(dim, generator=gen)), "close": unit(torch.randn(dim, generator=gen))}
+    table: dict[str, torch.Tensor] = {}
+
+    def encode(texts):
+        rows = []
+        for text in texts:
+            if text not in table:
+                kind, i, role = text.split()[0], int(text.split()[1]), text.split()[-1]
+                base = unit(style[kind] * 3 + 0.3 * torch.randn(dim, generator=torch.Generator().manual_seed(i)))
+                noise = unit(torch.randn(dim, generator=torch.Generator().manual_seed(10_000 + i)))
+                mix = {"loose": 0.5, "close": 0.9}[kind] if role == "para" else 1.0
+                table[text] = unit(mix * base + (1 - mix**2) ** 0.5 * noise)
+            rows.append(table[text])
+        return torch.stack(rows)
+
+    pairs = [PseudoPair(f"{k} {i} S{i} q", f"{k} {i} S{i} para", f"S{i}") for i in range(60)
+             for k in (["loose"] if i < 40 else ["close"])]
+    prompts = [f"close {100 + i} E{i} q" for i in range(5)]
+    data = RoutingData(prompts, encode(prompts), [f"E{i}" for i in range(5)], [], torch.zeros(0, dim), pairs,
+                       extra={"encode": encode})
+    matched = RetrievalRouter.fit(data, MegConfig()).thresholds["subject"]
+    uniform = RetrievalRouter.fit(data, MegConfig(retrieval=RetrievalConfig(matched_calibration=False)))
+    assert uniform.thresholds["subject"] < 0.6 < matched
+    assert uniform.calibration["pairs_nearest_to_edits"] == 0
 
 
 def test_too_few_pairs_to_calibrate_is_one_line():

@@ -57,6 +57,13 @@ VARIANTS: dict[str, RouterVariant] = {
                                      encoder_config={"hard_negatives": 2, "temperature": 0.05}),
     "retrieval/exact": RouterVariant("subject-verified retrieval, default encoder, exact subject naming only",
                                      "retrieval", encoder_config=_HARD, retrieval_config={"approximate_subjects": None}),
+    "retrieval/unmasked": RouterVariant("subject-verified retrieval, default encoder, plain cosine (no subject-masked "
+                                        "share)", "retrieval", encoder_config=_HARD,
+                                        retrieval_config={"masked_weight": 0.0}),
+    "retrieval/uniform": RouterVariant("subject-verified retrieval, default encoder, plain cosine, threshold from all "
+                                       "held-out pairs equally (the default until 2026-11-30)", "retrieval",
+                                       encoder_config=_HARD,
+                                       retrieval_config={"matched_calibration": False, "masked_weight": 0.0}),
     "nearest/hard": RouterVariant("retrieval with edits given WITHOUT subjects (nearest edit + calibrated cosine), "
                                   "hard-negative encoder", "retrieval", use_subjects=False, encoder_config=_HARD,
                                   retrieval_config={"infer_subjects": False}),

@@ -37,6 +37,12 @@ def focus(text: str, subject: str) -> str:
     return text[ends[-1]:].strip() if ends else text
 
 
+def without_subject(text: str, subject: str) -> str:
+    """The text with its first mention of `subject` replaced by "it" (unchanged when it does not name it)."""
+    at = text.lower().find(subject.lower())
+    return text if at < 0 else f"{text[:at]}it{text[at + len(subject):]}"
+
+
 def trigrams(text: str) -> set[str]:
     """Character trigrams of each lower-cased word padded with spaces ("java" -> " ja", "jav", "ava", "va ")."""
     grams: set[str] = set()
