@@ -93,7 +93,8 @@ class MegEditor:
             unrelated_emb = encoder.encode(list(unrelated), progress=progress)  # (M, C)
         with self._stage("router"):
             data = RoutingData([r.prompt for r in requests], edit_emb, [r.subject for r in requests],
-                               list(unrelated), unrelated_emb, calibration_pairs, extra={"encode": encoder.encode})
+                               list(unrelated), unrelated_emb, calibration_pairs,
+                               extra={"encode": encoder.encode, "work": work}, training_pairs=tune_pairs)
             router = router_class(self.config.router).fit(data, self.config, progress=progress)
         spec, collection_config = neuron_spec(self.model, self.config.layer), self._collection_config()
         with self._stage("collect"):

@@ -79,6 +79,15 @@ class PseudoPair:
     subject: str | None = None
 
 
+@dataclass(frozen=True)
+class NegativePair:
+    """A question and another question about the same subject but another relation (a verifier negative)."""
+
+    question: str
+    other: str
+    subject: str
+
+
 _KNOWN = {"prompt", "target", "subject", "paraphrases", "unrelated", "ground_truth", "case_id", "unrelated_answers"}
 _ALIASES = {"target_new": "target", "rephrase_prompt": "paraphrases", "locality_prompt": "unrelated",
             "locality_ground_truth": "unrelated_answers"}
@@ -166,6 +175,17 @@ def load_pseudo_pairs(path: str | Path) -> list[PseudoPair]:
     return pairs
 
 
+def load_negative_pairs(path: str | Path) -> list[NegativePair]:
+    """JSONL with `question`, `other` and `subject` per line."""
+    pairs = []
+    for i, row in enumerate(read_jsonl(path)):
+        for name in ("question", "other", "subject"):
+            if not isinstance(row, dict) or not isinstance(row.get(name), str) or not row[name].strip():
+                raise InputError(f"{path} record {i}: field {name!r} must be a non-empty string")
+        pairs.append(NegativePair(row["question"], row["other"], row["subject"]))
+    return pairs
+
+
 def load_queries(path: str | Path) -> list[str]:
     """JSONL with `prompt` per line (unrelated queries for gate calibration)."""
     queries = []
@@ -178,6 +198,8 @@ def load_queries(path: str | Path) -> list[str]:
 
 __all__ = [
     "EditRequest",
+    "NegativePair",
+    "load_negative_pairs",
     "PseudoPair",
     "deduplicate",
     "load_edit_file",

@@ -41,7 +41,8 @@ def tuned_encoder(config: EncoderConfig, pairs: Sequence[PseudoPair], work: Path
     encoder = QueryEncoder.from_config(config, device=device)
     if not config.tune:
         return encoder, None
-    cached = work / f"encoder-{digest(config.to_dict(), [asdict(p) for p in pairs])}.safetensors" if work else None
+    cached = (work / files.TUNED_ENCODER.format(key=digest(config.to_dict(), [asdict(p) for p in pairs]))
+              if work else None)
     if cached and cached.is_file():
         encoder.load_tuned_state(files.load_tensors(cached))
         return encoder, {"resumed_from": cached.name}
@@ -51,6 +52,24 @@ def tuned_encoder(config: EncoderConfig, pairs: Sequence[PseudoPair], work: Path
     if cached:
         files.save_tensors(cached, encoder.tuned_state())
     return encoder, log
+
+
+def trained_verifier(config, pairs: Sequence[PseudoPair], negatives: Sequence, work: Path | None,
+                     progress: bool = True) -> tuple[Any, dict]:
+    """The routing verifier of `config` (meg/routing/verifier.py) trained on `pairs` and `negatives`, or the one
+    stored in `work`."""
+    from meg.routing.verifier import SubjectVerifier
+
+    verifier = SubjectVerifier(config)
+    key = digest(config.to_dict(), [asdict(p) for p in pairs], [asdict(n) for n in negatives])
+    cached = work / files.TRAINED_VERIFIER.format(key=key) if work else None
+    if cached and cached.is_file():
+        verifier.load_tuned_state(files.load_tensors(cached))
+        return verifier, {"resumed_from": cached.name}
+    log = verifier.train(pairs, negatives, progress=progress)
+    if cached:
+        files.save_tensors(cached, verifier.tuned_state())
+    return verifier, log
 
 
 def trained_generator(config: GeneratorConfig, vectors: torch.Tensor, conds: torch.Tensor,

@@ -1,9 +1,10 @@
-"""Build the data shipped in meg/assets (pseudo pairs, unrelated queries, demo edits) from the shared data sets.
+"""Build the data shipped in meg/assets (pseudo pairs, unrelated queries, same-subject questions, demo edits).
 
     python scripts/build_default_assets.py [--data ../shared/data] [--out meg/assets]
 
 Deterministic: records are taken in file order. Pseudo pairs and unrelated queries come ONLY from the training
-splits (counterfact-train.json, zsre_mend_train-1k.json), and any query that also appears in a benchmark file
+splits (counterfact-train.json, zsre_mend_train-1k.json; same-subject questions from KnowEdit's
+wiki_counterfact and wiki_recent train files), and any query that also appears in a benchmark file
 (counterfact-edit/val.json, knowedit_zsre_test_all.json: prompt, paraphrase or locality prompt) is skipped, so
 tuning the encoder or calibrating the gate never sees a benchmark query.
 """
@@ -16,7 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from meg.data import load_dataset
-from meg.data.defaults import DEMO_COUNTERFACT_FILE, PSEUDO_PAIRS_FILE, UNRELATED_FILE
+from meg.data.defaults import DEMO_COUNTERFACT_FILE, PSEUDO_PAIRS_FILE, SAME_SUBJECT_FILE, UNRELATED_FILE
 from meg.data.records import read_records, text, where
 from meg.data.zsre import strip_nq_prefix
 from meg.files import atomic_write_text
@@ -24,6 +25,7 @@ from meg.requests import write_edit_file
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARK_FILES = ("counterfact/counterfact-edit.json", "counterfact/counterfact-val.json", "zsre/knowedit_zsre_test_all.json")
+KNOWEDIT_TRAIN = ("knowedit/benchmark_wiki_counterfact_train_cf.json", "knowedit/benchmark_wiki_recent_recent_train.json")
 CF_TRAIN, MEND_TRAIN, CF_VAL = "counterfact/counterfact-train.json", "zsre/zsre_mend_train-1k.json", "counterfact/counterfact-val.json"
 
 
@@ -52,6 +54,19 @@ def mend_rows(data: Path) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def same_subject_rows(data: Path) -> list[tuple[str, str, str]]:
+    """(edit prompt, Relation_Specificity prompt, subject) of KnowEdit train records naming the subject in both."""
+    rows = []
+    for name in KNOWEDIT_TRAIN:
+        for record in read_records(data / name):
+            subject, prompt = record.get("subject"), record.get("prompt")
+            for item in (record.get("locality") or {}).get("Relation_Specificity", []):
+                other = item.get("prompt") if isinstance(item, dict) else None
+                if subject and prompt and other and subject in prompt and subject in other:
+                    rows.append((prompt, other, subject))
+    return rows
+
+
 def take(items: Iterable[tuple[str, ...]], limit: int, excluded: set[str], checked: int | None = None) -> list[tuple[str, ...]]:
     """The first `limit` items none of whose first `checked` strings (default: all) is excluded or was taken
     before (a subject may repeat; the queries may not)."""
@@ -71,8 +86,9 @@ def jsonl(rows: Iterable[dict]) -> str:
     return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
 
 
-def build(data: Path, out: Path, cf_pairs: int, per_source_unrelated: int, demo: int) -> dict[str, int]:
-    """Write the three asset files into `out`; -> number of rows written per file."""
+def build(data: Path, out: Path, cf_pairs: int, per_source_unrelated: int, demo: int,
+          same_subject: int) -> dict[str, int]:
+    """Write the four asset files into `out`; -> number of rows written per file."""
     excluded = benchmark_queries(data)
     cf_train = load_dataset(data / CF_TRAIN).requests
     mend = mend_rows(data)
@@ -81,10 +97,13 @@ def build(data: Path, out: Path, cf_pairs: int, per_source_unrelated: int, demo:
     pairs += take(((q, p, s) for q, p, _, s in mend), len(mend), excluded, 2)
     unrelated = take(((u,) for r in cf_train for u in r.unrelated), per_source_unrelated, excluded)
     unrelated += take(((nq,) for _, _, nq, _ in mend), per_source_unrelated, excluded)
+    # Only the other question is checked against the benchmarks: the edit prompt is the verifier's reference side.
+    negatives = take(((o, q, s) for q, o, s in same_subject_rows(data)), same_subject, excluded, 1)
+    atomic_write_text(out / SAME_SUBJECT_FILE, jsonl({"question": q, "other": o, "subject": s} for o, q, s in negatives))
     atomic_write_text(out / PSEUDO_PAIRS_FILE, jsonl({"question": q, "paraphrase": p, "subject": s} for q, p, s in pairs))
     atomic_write_text(out / UNRELATED_FILE, jsonl({"prompt": u} for (u,) in unrelated))
     write_edit_file(load_dataset(data / CF_VAL).requests[:demo], out / DEMO_COUNTERFACT_FILE)
-    return {PSEUDO_PAIRS_FILE: len(pairs), UNRELATED_FILE: len(unrelated), DEMO_COUNTERFACT_FILE: demo}
+    return {PSEUDO_PAIRS_FILE: len(pairs), UNRELATED_FILE: len(unrelated), DEMO_COUNTERFACT_FILE: demo, SAME_SUBJECT_FILE: len(negatives)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -94,8 +113,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cf-pairs", type=int, default=2000, help="CounterFact (prompt, paraphrase) pairs")
     parser.add_argument("--unrelated", type=int, default=1000, help="unrelated queries per source")
     parser.add_argument("--demo", type=int, default=300, help="demo edits (first records of counterfact-val)")
+    parser.add_argument("--same-subject", type=int, default=3000, help="KnowEdit-train same-subject question pairs")
     args = parser.parse_args(argv)
-    counts = build(args.data.resolve(), args.out, args.cf_pairs, args.unrelated, args.demo)
+    counts = build(args.data.resolve(), args.out, args.cf_pairs, args.unrelated, args.demo, args.same_subject)
     for name, count in counts.items():
         print(f"{args.out / name}: {count} rows")
 

@@ -57,6 +57,9 @@ VARIANTS: dict[str, RouterVariant] = {
                                      encoder_config={"hard_negatives": 2, "temperature": 0.05}),
     "retrieval/exact": RouterVariant("subject-verified retrieval, default encoder, exact subject naming only",
                                      "retrieval", encoder_config=_HARD, retrieval_config={"approximate_subjects": None}),
+    "retrieval/verifier": RouterVariant("subject-verified retrieval, default encoder, candidates scored by the "
+                                        "cross-encoder verifier (meg/routing/verifier.py)", "retrieval",
+                                        encoder_config=_HARD, retrieval_config={"verifier": {}}),
     "retrieval/unmasked": RouterVariant("subject-verified retrieval, default encoder, plain cosine (no subject-masked "
                                         "share)", "retrieval", encoder_config=_HARD,
                                         retrieval_config={"masked_weight": 0.0}),
@@ -163,7 +166,8 @@ def bench_variant(variant: RouterVariant, requests: Sequence[EditRequest], pairs
     embed = lambda texts: encoder.encode(list(texts), progress=False)  # noqa: E731 (a one-line closure)
     edits = requests if variant.use_subjects else [replace(r, subject=None) for r in requests]
     data = RoutingData([r.prompt for r in edits], embed([r.prompt for r in edits]), [r.subject for r in edits],
-                       list(unrelated), embed(unrelated), calibration_pairs, extra={"encode": embed})
+                       list(unrelated), embed(unrelated), calibration_pairs, extra={"encode": embed, "work": work},
+                       training_pairs=tune_pairs)
     retrieval = RetrievalConfig.from_dict({**RetrievalConfig().to_dict(), **(variant.retrieval_config or {})})
     config = MegConfig(router=variant.router, encoder=encoder_config, retrieval=retrieval)
     fit_start = time.perf_counter()

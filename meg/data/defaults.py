@@ -2,6 +2,8 @@
 
 - pseudo_pairs.jsonl: (question, paraphrase) pairs for tuning the query encoder (paper stage 1). They come from
   CounterFact's train split and MEND's ZsRE train split only, so they never overlap a benchmark's edits.
+- same_subject_questions.jsonl: (question, other question about the same subject, subject) from KnowEdit's
+  train splits (wiki_counterfact, wiki_recent): negatives for the routing verifier (meg/routing/verifier.py).
 - unrelated.jsonl: unrelated queries (CounterFact-train locality prompts, NQ questions) for gate calibration.
 - demo_counterfact.jsonl: 300 CounterFact edits (the first records of counterfact-val.json) for demos.
 Files are read when a function is called, never at import.
@@ -11,10 +13,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from meg.requests import EditRequest, PseudoPair, load_edit_file, load_pseudo_pairs, load_queries
+from meg.requests import (EditRequest, NegativePair, PseudoPair, load_edit_file, load_negative_pairs,
+                          load_pseudo_pairs, load_queries)
 
 PSEUDO_PAIRS_FILE = "pseudo_pairs.jsonl"
 UNRELATED_FILE = "unrelated.jsonl"
+SAME_SUBJECT_FILE = "same_subject_questions.jsonl"
 DEMO_COUNTERFACT_FILE = "demo_counterfact.jsonl"
 
 
@@ -26,6 +30,11 @@ def assets_dir() -> Path:
 def default_pseudo_pairs() -> list[PseudoPair]:
     """About 3,000 (question, paraphrase) pairs disjoint from the benchmark edit files."""
     return load_pseudo_pairs(assets_dir() / PSEUDO_PAIRS_FILE)
+
+
+def default_negative_pairs() -> list[NegativePair]:
+    """About 3,000 same-subject, other-relation question pairs disjoint from the benchmark edit files."""
+    return load_negative_pairs(assets_dir() / SAME_SUBJECT_FILE)
 
 
 def default_unrelated() -> list[str]:
@@ -51,6 +60,8 @@ __all__ = [
     "DEMO_COUNTERFACT_FILE",
     "demo_dataset",
     "PSEUDO_PAIRS_FILE",
+    "SAME_SUBJECT_FILE",
+    "default_negative_pairs",
     "UNRELATED_FILE",
     "assets_dir",
     "default_pseudo_pairs",

@@ -41,7 +41,8 @@ class RoutingData:
     edit_embeddings: (N, C) unit-norm embeddings of the edit prompts (raw, untemplated);
     unrelated_embeddings: (M, C) of queries that must not be routed (for calibration);
     pseudo_pairs: (question, paraphrase) pairs held out from encoder tuning, for calibration;
-    extra["encode"]: the tuned encoder's `encode`, for routers that embed more texts.
+    extra["encode"]: the tuned encoder's `encode`, for routers that embed more texts;
+    extra["work"]: a work directory where routers may cache what they train.
     """
 
     edit_queries: list[str]
@@ -51,6 +52,7 @@ class RoutingData:
     unrelated_embeddings: torch.Tensor
     pseudo_pairs: Sequence[PseudoPair] = ()
     extra: dict[str, Any] = field(default_factory=dict)
+    training_pairs: Sequence[PseudoPair] = ()  # the pairs the encoder was tuned on (for routers that train more)
 
 
 class Router(Protocol):

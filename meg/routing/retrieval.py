@@ -20,6 +20,8 @@ all of them let ZsRE same-subject questions through (docs/LOG.md, 2026-11-30).
 The subject path scores (1 - `masked_weight`) x cosine(query, edit) + `masked_weight` x cosine of both with the
 subject replaced by "it": the tuned encoder still weighs the shared subject heavily, and the masked texts
 compare only what is asked about it (a question on the same subject and another relation scores lower).
+With `verifier` set, a cross-encoder (verifier.py) scores each (edit prompt, query) candidate instead and the
+threshold is calibrated on its probabilities the same way.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from meg import files
 from meg.errors import InputError
 from meg.routing.base import Routes, RoutingData
 from meg.routing.subjects import SubjectIndex, focus, infer_subject, without_subject
+from meg.routing.verifier import SubjectVerifier, VerifierConfig
 
 Encode = Callable[[Sequence[str]], torch.Tensor]
 
@@ -54,8 +57,11 @@ class RetrievalConfig:
     infer_subjects: bool = True  # an edit given without a subject gets one guessed from its prompt (subjects.py)
     matched_calibration: bool = True  # weight held-out pairs by how many edits they are nearest to (see above)
     masked_weight: float = 0.2  # share of the subject-masked cosine in the subject path's score; 0 = plain cosine
+    verifier: VerifierConfig | None = None  # a cross-encoder scores the subject path instead of cosine; None = off
 
     def __post_init__(self) -> None:
+        if isinstance(self.verifier, dict):  # from JSON
+            object.__setattr__(self, "verifier", VerifierConfig.from_dict(self.verifier))
         for name in ("target_unrelated_rate", "paraphrase_recall"):
             if not 0 < getattr(self, name) < 1:
                 raise InputError(f"RetrievalConfig.{name} must be in (0, 1), got {getattr(self, name)}")
@@ -114,8 +120,9 @@ class RetrievalRouter:
 
     def __init__(self, config: RetrievalConfig, edit_embeddings: torch.Tensor, subjects: Sequence[str | None],
                  prompts: Sequence[str], thresholds: dict[str, float], calibration: dict[str, Any] | None = None,
-                 encode: Encode | None = None):
+                 encode: Encode | None = None, verifier: SubjectVerifier | None = None):
         self.config, self.edit_embeddings = config, edit_embeddings  # (N, C)
+        self.verifier = verifier
         self.prompts, self.encode = list(prompts), encode
         infer = config.use_subjects and config.infer_subjects
         given = list(subjects) if config.use_subjects else [None] * len(prompts)
@@ -153,10 +160,19 @@ class RetrievalRouter:
         if not pairs:
             return best, edit
         texts = [focus(queries[r], self.subjects[c]) if self.config.focus else queries[r] for r, c in pairs]
-        extra = sorted({t for t, (r, _) in zip(texts, pairs) if t != queries[r]})
-        embedded = dict(zip(extra, self.encode(extra).to(embeddings.dtype))) if extra and self.encode else {}
         rows = torch.tensor([r for r, _ in pairs])
         edits = torch.tensor([c for _, c in pairs])
+        sims = (self.verifier.score([self.prompts[c] for _, c in pairs], texts) if self.verifier is not None
+                else self._cosine(queries, texts, pairs, edits, embeddings))  # (P,)
+        for p in sims.argsort().tolist():  # ascending: each row ends with its best candidate
+            best[rows[p]], edit[rows[p]] = sims[p], edits[p]
+        return best, edit
+
+    def _cosine(self, queries: Sequence[str], texts: list[str], pairs: list[tuple[int, int]], edits: torch.Tensor,
+                embeddings: torch.Tensor) -> torch.Tensor:
+        """(P,) cosine of each focused query text with its candidate edit prompt (blended with the masked one)."""
+        extra = sorted({t for t, (r, _) in zip(texts, pairs) if t != queries[r]})
+        embedded = dict(zip(extra, self.encode(extra).to(embeddings.dtype))) if extra and self.encode else {}
         vectors = torch.stack([embedded.get(t, embeddings[r]) for t, (r, _) in zip(texts, pairs)])  # (P, C)
         sims = (vectors * self.edit_embeddings[edits]).sum(dim=1)  # (P,)
         weight = self._masked_weight()
@@ -167,9 +183,7 @@ class RetrievalRouter:
             masked_vectors = torch.stack([table[t] for t in masked])  # (P, C)
             masked_sims = (masked_vectors * self._masked_edit_embeddings()[edits]).sum(dim=1)  # (P,)
             sims = (1 - weight) * sims + weight * masked_sims
-        for p in sims.argsort().tolist():  # ascending: each row ends with its most similar candidate
-            best[rows[p]], edit[rows[p]] = sims[p], edits[p]
-        return best, edit
+        return sims
 
     def scores(self, queries: Sequence[str], embeddings: torch.Tensor) -> dict[str, torch.Tensor]:
         """Both paths' best similarity and edit per query (thresholds are applied by `decide`)."""
@@ -204,15 +218,23 @@ class RetrievalRouter:
 
     @classmethod
     def fit(cls, data: RoutingData, meg_config: Any, progress: bool = True) -> RetrievalRouter:
-        encode = data.extra.get("encode")
+        encode, verifier, verifier_log = data.extra.get("encode"), None, None
+        if meg_config.retrieval.verifier is not None:
+            from meg.data.defaults import default_negative_pairs
+            from meg.stages import trained_verifier  # the stage that caches it in the work directory
+
+            verifier, verifier_log = trained_verifier(meg_config.retrieval.verifier, data.training_pairs,
+                                                      default_negative_pairs(), data.extra.get("work"), progress)
         router = cls(meg_config.retrieval, data.edit_embeddings, data.subjects, data.edit_queries,
-                     {"subject": _CLOSED, "free": _CLOSED}, encode=encode)
+                     {"subject": _CLOSED, "free": _CLOSED}, encode=encode, verifier=verifier)
         router.thresholds["subject"], pairs, matched = router._calibrate_subject(data)
         router.thresholds["free"], achieved = router._calibrate_free(data)
         router.calibration = {"paraphrase_pairs": pairs, "pairs_nearest_to_edits": matched,
                               "unrelated_queries": len(data.unrelated_queries),
                               "achieved_unrelated_rate": achieved, "subject_edits": len(router.index),
                               "free_edits": len(router.free_edits)}
+        if verifier_log is not None:
+            router.calibration["verifier_training"] = verifier_log
         return router
 
     def _calibrate_subject(self, data: RoutingData) -> tuple[float, int, int]:
@@ -229,7 +251,9 @@ class RetrievalRouter:
         texts = [focus(p.paraphrase, p.subject) if self.config.focus else p.paraphrase for p in pairs]
         sims = (self.encode(texts) * questions).sum(dim=1).double()  # (P,)
         weight = self._masked_weight()
-        if weight > 0:
+        if self.verifier is not None:
+            sims = self.verifier.score([p.question for p in pairs], texts).double()
+        elif weight > 0:
             masked_q = self.encode([without_subject(p.question, p.subject) for p in pairs])
             masked_p = self.encode([without_subject(t, p.subject) for t, p in zip(texts, pairs)])
             sims = (1 - weight) * sims + weight * (masked_q * masked_p).sum(dim=1).double()
@@ -262,7 +286,8 @@ class RetrievalRouter:
         return {"retrieval": self.config.to_dict(), "thresholds": self.thresholds, "calibration": self.calibration}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {}  # everything it needs (edit embeddings, subjects, prompts) is in the pack already
+        # Edit embeddings, subjects and prompts are in the pack already; only the verifier's trained layers are not.
+        return {f"verifier.{k}": v for k, v in self.verifier.tuned_state().items()} if self.verifier else {}
 
     @classmethod
     def from_state(cls, config: dict[str, Any], state: dict[str, torch.Tensor], edit_embeddings: torch.Tensor,
@@ -271,5 +296,10 @@ class RetrievalRouter:
         settings = RetrievalConfig.from_dict({"approximate_subjects": None, "infer_subjects": False,
                                               "matched_calibration": False, "masked_weight": 0.0,
                                               **config["retrieval"]})
-        return cls(settings, edit_embeddings, [r.subject for r in requests],
-                   [r.prompt for r in requests], dict(config["thresholds"]), config.get("calibration"), encode)
+        verifier = None
+        if settings.verifier is not None:
+            verifier = SubjectVerifier(settings.verifier, device=edit_embeddings.device)
+            verifier.load_tuned_state({k.removeprefix("verifier."): v for k, v in state.items()
+                                       if k.startswith("verifier.")})
+        return cls(settings, edit_embeddings, [r.subject for r in requests], [r.prompt for r in requests],
+                   dict(config["thresholds"]), config.get("calibration"), encode, verifier)

