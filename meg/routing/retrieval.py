@@ -20,8 +20,9 @@ all of them let ZsRE same-subject questions through (docs/LOG.md, 2026-11-30).
 The subject path scores (1 - `masked_weight`) x cosine(query, edit) + `masked_weight` x cosine of both with the
 subject replaced by "it": the tuned encoder still weighs the shared subject heavily, and the masked texts
 compare only what is asked about it (a question on the same subject and another relation scores lower).
-With `verifier` set, a cross-encoder (verifier.py) scores each (edit prompt, query) candidate instead and the
-threshold is calibrated on its probabilities the same way.
+With `verifier` set, the most similar candidate is still chosen by that score, but whether to route is decided
+by a cross-encoder (verifier.py) reading the candidate's prompt and the query together; the threshold is
+calibrated on its probabilities for the held-out pairs the same way.
 """
 
 from __future__ import annotations
@@ -162,10 +163,14 @@ class RetrievalRouter:
         texts = [focus(queries[r], self.subjects[c]) if self.config.focus else queries[r] for r, c in pairs]
         rows = torch.tensor([r for r, _ in pairs])
         edits = torch.tensor([c for _, c in pairs])
-        sims = (self.verifier.score([self.prompts[c] for _, c in pairs], texts) if self.verifier is not None
-                else self._cosine(queries, texts, pairs, edits, embeddings))  # (P,)
-        for p in sims.argsort().tolist():  # ascending: each row ends with its best candidate
-            best[rows[p]], edit[rows[p]] = sims[p], edits[p]
+        sims = self._cosine(queries, texts, pairs, edits, embeddings)  # (P,)
+        chosen: dict[int, str] = {}
+        for p in sims.argsort().tolist():  # ascending: each row ends with its most similar candidate
+            best[rows[p]], edit[rows[p]], chosen[int(rows[p])] = sims[p], edits[p], texts[p]
+        if self.verifier is not None:  # the nearest candidate stands; the verifier decides whether to route
+            named = sorted(chosen)
+            verdict = self.verifier.score([self.prompts[int(edit[r])] for r in named], [chosen[r] for r in named])
+            best[torch.tensor(named)] = verdict.to(best.dtype)
         return best, edit
 
     def _cosine(self, queries: Sequence[str], texts: list[str], pairs: list[tuple[int, int]], edits: torch.Tensor,
