@@ -56,6 +56,19 @@ def test_router_scores_subject_candidates_with_the_verifier():
     assert set(router.state_dict()) == {"verifier.w"}
 
 
+class NeverVerifier(FakeVerifier):
+    def score(self, edit_prompts, queries):
+        return torch.zeros(len(queries))
+
+
+def test_a_repeat_of_an_edit_prompt_is_routed_whatever_the_verifier_says():
+    router = RetrievalRouter(RetrievalConfig(), torch.eye(2), ["Ada", "Ada"], ["Where was Ada born?", "Who taught Ada?"],
+                             {"subject": 0.5, "free": 2.0}, verifier=NeverVerifier())
+    routes = router.route(["who taught  ada?", "Who taught Ada then?"], torch.eye(2).flip(0))
+    assert routes.routed.tolist() == [True, False] and routes.edit[0] == 1
+    assert set(router.state_dict()) == {"verifier.w"}
+
+
 def test_router_calibrates_on_verifier_scores(monkeypatch):
     pairs = [PseudoPair(f"Where was P{i} born?", f"P{i} was born in which place, born?", f"P{i}") for i in range(30)]
     data = RoutingData(["Where was Ada born?"], torch.eye(1, 4), ["Ada"], [], torch.zeros(0, 4), pairs,

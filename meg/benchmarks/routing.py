@@ -57,8 +57,8 @@ VARIANTS: dict[str, RouterVariant] = {
                                      encoder_config={"hard_negatives": 2, "temperature": 0.05}),
     "retrieval/exact": RouterVariant("subject-verified retrieval, default encoder, exact subject naming only",
                                      "retrieval", encoder_config=_HARD, retrieval_config={"approximate_subjects": None}),
-    "retrieval/verifier": RouterVariant("subject-verified retrieval, default encoder, candidates scored by the "
-                                        "cross-encoder verifier (meg/routing/verifier.py)", "retrieval",
+    "retrieval/verifier": RouterVariant("subject-verified retrieval, default encoder, the nearest candidate "
+                                        "confirmed by the cross-encoder verifier (meg/routing/verifier.py)", "retrieval",
                                         encoder_config=_HARD, retrieval_config={"verifier": {}}),
     "retrieval/unmasked": RouterVariant("subject-verified retrieval, default encoder, plain cosine (no subject-masked "
                                         "share)", "retrieval", encoder_config=_HARD,

@@ -101,6 +101,10 @@ def conformal_threshold(scores: torch.Tensor, rate: float) -> float:
     return float(torch.nextafter(s[k - 1], torch.tensor(math.inf, dtype=s.dtype)))
 
 
+def _same(a: str, b: str) -> bool:
+    return " ".join(a.lower().split()) == " ".join(b.lower().split())
+
+
 def weighted_quantile(values: torch.Tensor, weights: torch.Tensor, q: float) -> float:
     """The smallest value v with (weight of values <= v) >= q * total weight (equal weights: the lower q-quantile)."""
     order = values.argsort()
@@ -169,7 +173,11 @@ class RetrievalRouter:
             best[rows[p]], edit[rows[p]], chosen[int(rows[p])] = sims[p], edits[p], texts[p]
         if self.verifier is not None:  # the nearest candidate stands; the verifier decides whether to route
             named = sorted(chosen)
-            verdict = self.verifier.score([self.prompts[int(edit[r])] for r in named], [chosen[r] for r in named])
+            prompts = [self.prompts[int(edit[r])] for r in named]
+            verdict = self.verifier.score(prompts, [chosen[r] for r in named])
+            # A repeat of the edit prompt is that edit: the verifier never saw identical pairs in training.
+            repeat = torch.tensor([_same(p, chosen[r]) for p, r in zip(prompts, named)])
+            verdict = torch.where(repeat, torch.ones_like(verdict), verdict)
             best[torch.tensor(named)] = verdict.to(best.dtype)
         return best, edit
 
