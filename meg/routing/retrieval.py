@@ -262,14 +262,15 @@ class RetrievalRouter:
                              f"with a subject, got {len(pairs)}; give pairs with subjects or a fixed subject_threshold")
         questions = self.encode([p.question for p in pairs])  # (P, C)
         texts = [focus(p.paraphrase, p.subject) if self.config.focus else p.paraphrase for p in pairs]
-        sims = (self.encode(texts) * questions).sum(dim=1).double()  # (P,)
-        weight = self._masked_weight()
-        if self.verifier is not None:
-            sims = self.verifier.score([p.question for p in pairs], texts).double()
-        elif weight > 0:
-            masked_q = self.encode([without_subject(p.question, p.subject) for p in pairs])
-            masked_p = self.encode([without_subject(t, p.subject) for t, p in zip(texts, pairs)])
-            sims = (1 - weight) * sims + weight * (masked_q * masked_p).sum(dim=1).double()
+        if self.verifier is not None:  # the verifier's probabilities are what the subject threshold applies to
+            sims = self.verifier.score([p.question for p in pairs], texts).double()  # (P,)
+        else:
+            sims = (self.encode(texts) * questions).sum(dim=1).double()  # (P,)
+            weight = self._masked_weight()
+            if weight > 0:
+                masked_q = self.encode([without_subject(p.question, p.subject) for p in pairs])
+                masked_p = self.encode([without_subject(t, p.subject) for t, p in zip(texts, pairs)])
+                sims = (1 - weight) * sims + weight * (masked_q * masked_p).sum(dim=1).double()
         weights = torch.ones_like(sims)
         if self.config.matched_calibration:
             edits = self.edit_embeddings[self.index.indexed] if len(self.index.indexed) else self.edit_embeddings

@@ -91,6 +91,11 @@ def training_examples(config: VerifierConfig, pairs: Sequence[PseudoPair],
     return examples
 
 
+def _layer_of(name: str) -> str:
+    """"bert.encoder.layer.4.attention..." -> "4"."""
+    return name.split(".layer.")[1].split(".")[0]
+
+
 class SubjectVerifier:
     """score(edit_prompts, queries) -> probability that each query asks the fact of its edit prompt."""
 
@@ -110,20 +115,15 @@ class SubjectVerifier:
         except OSError as err:
             raise InputError(f"verifier model {config.model!r} could not be loaded: {str(err).splitlines()[0]}") from err
         self.model.eval().requires_grad_(False)
-        layers = self._layers()
+        layers = sorted({_layer_of(n) for n, _ in self.model.named_parameters() if ".layer." in n}, key=int)
         if config.trainable_layers > len(layers):
             raise InputError(f"VerifierConfig.trainable_layers = {config.trainable_layers} but the model has "
                              f"{len(layers)} layers")
-
-    def _layers(self) -> list[str]:
-        names = sorted({n.split(".layer.")[1].split(".")[0] for n, _ in self.model.named_parameters() if ".layer." in n},
-                       key=int)
-        return names
+        self._trained_layers = set(layers[-config.trainable_layers:])
 
     def _trainable(self, name: str) -> bool:
-        last = self._layers()[-self.config.trainable_layers:]
         if ".layer." in name:
-            return name.split(".layer.")[1].split(".")[0] in last
+            return _layer_of(name) in self._trained_layers
         return "pooler" in name or "classifier" in name
 
     def _logits(self, first: Sequence[str], second: Sequence[str]) -> torch.Tensor:
