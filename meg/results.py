@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from meg import __version__
-from meg.files import atomic_path, atomic_write_json, atomic_write_text
+from meg.files import atomic_path, atomic_write_json, atomic_write_text, read_json
 
 _PACKAGES = ("torch", "transformers", "diffusers", "sentence-transformers", "safetensors", "tokenizers", "numpy")
 
@@ -52,6 +52,12 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def read_results(directory: str | Path, name: str) -> dict[str, Any] | None:
+    """The JSON that `write_results(directory, name, ...)` wrote, or None when there is none."""
+    path = Path(directory) / f"{name}.json"
+    return read_json(path) if path.is_file() else None
 
 
 def write_results(

@@ -265,3 +265,39 @@ def test_edits_without_subjects_get_inferred_ones_unless_subjects_are_off():
     assert plain.subjects == [None] * 3 and len(plain.index) == 0 and plain.free_edits.tolist() == [0, 1, 2]
     off, _ = _router(RetrievalConfig(use_subjects=False))
     assert len(off.index) == 0
+
+
+def test_route_bench_keeps_and_resumes_earlier_rows(tmp_path, monkeypatch):
+    """Rows measured before (same definition) are read back, not measured again; the file is rewritten after
+    every router, so a run stopped halfway keeps what it finished."""
+    from meg.benchmarks import routing
+    from meg.requests import EditRequest
+
+    measured: list[str] = []
+
+    def fake_variant(variant, requests, pairs, unrelated, work, progress):
+        measured.append(variant.label)
+        point = {"edit_own": 100.0, "paraphrase_own": 90.0, "locality_routed": 1.0}
+        return {"variant": routing.asdict(variant), "operating_point": point, "curve": [], "fit_seconds": 0.0}
+
+    monkeypatch.setattr(routing, "bench_variant", fake_variant)
+    requests = [EditRequest(p, "X", s, (f"Say: {p}",), ("Unrelated?",)) for p, s in zip(PROMPTS, SUBJECTS)]
+    setup = {"command": "first", "data": "toy"}
+
+    def run(names, command, stop_after=None):
+        def checkpoint(bench):
+            routing.write_route_bench(tmp_path, "routing-toy-3", bench, {**setup, "command": command})
+            if stop_after is not None and len(measured) == stop_after:
+                raise KeyboardInterrupt
+
+        previous = routing.previous_variants(tmp_path, "routing-toy-3", "toy", 3)
+        return routing.route_bench(requests, names, [], [], None, progress=False, previous=previous,
+                                   checkpoint=checkpoint, stamp={"command": command})
+
+    with pytest.raises(KeyboardInterrupt):
+        run(["retrieval/hard", "nearest/hard"], "first", stop_after=1)
+    bench = run(["retrieval/hard", "nearest/hard"], "second")
+    assert measured == [routing.VARIANTS["retrieval/hard"].label, routing.VARIANTS["nearest/hard"].label]
+    assert [v["command"] for v in bench["variants"].values()] == ["first", "second"]
+    assert routing.previous_variants(tmp_path, "routing-toy-3", "other data", 3) == {}
+    assert "- `first`" in (tmp_path / "routing-toy-3.md").read_text()

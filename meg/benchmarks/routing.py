@@ -9,7 +9,7 @@ test data); the test paraphrases and locality prompts are only ever scored.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from meg.config import MegConfig, default_encoder_config
 from meg.encoder import EncoderConfig
 from meg.pseudo_edits import split_pairs
 from meg.requests import EditRequest, PseudoPair
-from meg.results import markdown_table, write_results
+from meg.results import markdown_table, read_results, write_results
 from meg.prompts import normalize_answer
 from meg.routing import RetrievalConfig, Routes, RoutingData, router_class
 from meg.routing.subjects import SubjectIndex
@@ -179,18 +179,50 @@ def bench_variant(variant: RouterVariant, requests: Sequence[EditRequest], pairs
             "fit_seconds": round(fit_seconds, 2), "seconds": round(time.perf_counter() - start, 2)}
 
 
+def usable_requests(requests: Sequence[EditRequest]) -> list[EditRequest]:
+    """The requests route-bench scores: those with a paraphrase and an unrelated prompt."""
+    return [r for r in requests if r.paraphrases and r.unrelated]
+
+
 def route_bench(requests: Sequence[EditRequest], variants: Sequence[str], pairs: Sequence[PseudoPair],
-                unrelated: Sequence[str], work: Path | None, progress: bool = True) -> dict[str, Any]:
-    """Every variant on the same edits; requests lacking a paraphrase or an unrelated prompt are skipped."""
-    usable = [r for r in requests if r.paraphrases and r.unrelated]
+                unrelated: Sequence[str], work: Path | None, progress: bool = True,
+                previous: dict[str, Any] | None = None,
+                checkpoint: Callable[[dict[str, Any]], None] | None = None,
+                stamp: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every variant on the same edits; requests lacking a paraphrase or an unrelated prompt are skipped.
+
+    `previous` holds variant results of an earlier run on the same edits (a results file's "variants"): a
+    requested variant found there with the same definition is not measured again, and the others are kept, so
+    an interrupted or extended bench loses nothing. `checkpoint` receives the bench after every variant; `stamp`
+    (e.g. the command and date) is stored with each variant measured now.
+    """
+    usable = usable_requests(requests)
     taken = {r.prompt for r in usable} | {r.paraphrases[0] for r in usable} | {r.unrelated[0] for r in usable}
     pairs = [p for p in pairs if p.question not in taken and p.paraphrase not in taken]
     unrelated = [q for q in unrelated if q not in taken]
-    results = {name: bench_variant(VARIANTS[name], usable, pairs, unrelated, work, progress) for name in variants}
-    conflicting = int(conflicting_locality(usable).sum())
-    duplicated = int(fact_groups(usable).bincount().gt(1).sum())
-    return {"n": len(usable), "pseudo_pairs": len(pairs), "calibration_queries": len(unrelated),
-            "conflicting_locality": conflicting, "facts_edited_more_than_once": duplicated, "variants": results}
+    bench = {"n": len(usable), "pseudo_pairs": len(pairs), "calibration_queries": len(unrelated),
+             "conflicting_locality": int(conflicting_locality(usable).sum()),
+             "facts_edited_more_than_once": int(fact_groups(usable).bincount().gt(1).sum()),
+             "variants": dict(previous or {})}
+    for name in variants:
+        done = bench["variants"].get(name)
+        if done is not None and done.get("variant") == asdict(VARIANTS[name]):
+            continue  # measured before with this very definition (a resumed or extended run)
+        result = bench_variant(VARIANTS[name], usable, pairs, unrelated, work, progress)
+        bench["variants"][name] = {**result, **(stamp or {})}
+        if checkpoint is not None:
+            checkpoint(bench)
+    return bench
+
+
+def previous_variants(out_dir: str | Path, name: str, data: str, n: int) -> dict[str, Any]:
+    """Variant results of an earlier route-bench in `out_dir/name` on the same data set and N (else {}); rows
+    written before commands were stored per row get the file's command."""
+    earlier = read_results(out_dir, name)
+    if not earlier or earlier.get("setup", {}).get("data") != data or earlier.get("n") != n:
+        return {}
+    command = earlier["setup"].get("command")
+    return {key: {"command": command, **result} for key, result in earlier.get("variants", {}).items()}
 
 
 def write_route_bench(out_dir: str | Path, name: str, bench: dict[str, Any], setup: dict[str, Any]) -> dict[str, Path]:
@@ -204,7 +236,10 @@ def write_route_bench(out_dir: str | Path, name: str, bench: dict[str, Any], set
     table = markdown_table(["router", "setting", "edit prompts -> own edit %", "paraphrases -> own edit %",
                             "paraphrases -> own fact %", "locality routed %", "clean locality routed %", "fit s"], rows)
     conflicting = bench.get("conflicting_locality", 0)
-    header = (f"# Routing: {setup['data']} (N = {bench['n']})\n\nCommand: `{setup['command']}`\n\n"
+    commands = list(dict.fromkeys(r.get("command", setup["command"]) for r in bench["variants"].values()))
+    measured_by = "".join(f"- `{c}`\n" for c in commands)
+    header = (f"# Routing: {setup['data']} (N = {bench['n']})\n\nRows measured by (each row's command is in the "
+              f"JSON):\n\n{measured_by}\n"
               f"Calibration: {bench['calibration_queries']} shipped unrelated queries, {bench['pseudo_pairs']} shipped "
               f"pseudo pairs (disjoint from the test data); target unrelated routing rate 2%.\n\n"
               f"Conflicting locality prompts: {conflicting} of {bench['n']} ({100 * conflicting / bench['n']:.1f}%) ask "

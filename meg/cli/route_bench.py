@@ -18,9 +18,16 @@ def command(
         "paper-gate/untuned,paper-gate/tuned,nearest/tuned,retrieval/tuned"),
     name: Annotated[str | None, typer.Option(help="results file stem (default: routing-<data>-<n>)")] = None,
     out: Annotated[Path, typer.Option(help="results directory")] = Path("docs/results"),
+    fresh: Annotated[bool, typer.Option(help="measure every requested router again (default: rows already in the "
+                                             "results file with the same definition are kept)")] = False,
 ) -> None:
-    """Fit each router on the first N edits and score edit prompts, paraphrases and locality prompts."""
-    from meg.benchmarks.routing import VARIANTS, route_bench, write_route_bench
+    """Fit each router on the first N edits and score edit prompts, paraphrases and locality prompts.
+
+    Rows of the same data set and N already in the results file are kept, so runs add up and an interrupted
+    run resumes; the files are rewritten after every router."""
+    import datetime
+
+    from meg.benchmarks.routing import VARIANTS, previous_variants, route_bench, usable_requests, write_route_bench
     from meg.data.defaults import default_pseudo_pairs, default_unrelated
     from meg.errors import InputError
     from meg.files import cache_dir
@@ -30,7 +37,11 @@ def command(
     if unknown:
         raise InputError(f"unknown router variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     dataset = load_data(data, n)
-    bench = route_bench(dataset.requests, chosen, default_pseudo_pairs(), default_unrelated(), cache_dir() / "encoders")
-    stem = name or f"routing-{dataset.name}-{bench['n']}"
-    paths = write_route_bench(out, stem, bench, {"command": command_line(), "data": dataset.name})
+    stem = name or f"routing-{dataset.name}-{len(usable_requests(dataset.requests))}"
+    setup = {"command": command_line(), "data": dataset.name}
+    previous = {} if fresh else previous_variants(out, stem, dataset.name, len(usable_requests(dataset.requests)))
+    stamp = {"command": setup["command"], "measured": datetime.date.today().isoformat()}
+    bench = route_bench(dataset.requests, chosen, default_pseudo_pairs(), default_unrelated(), cache_dir() / "encoders",
+                        previous=previous, checkpoint=lambda b: write_route_bench(out, stem, b, setup), stamp=stamp)
+    paths = write_route_bench(out, stem, bench, setup)
     typer.echo(Path(paths["md"]).read_text())
