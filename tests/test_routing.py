@@ -140,6 +140,42 @@ def test_fit_calibrates_on_held_out_pairs_and_unrelated_queries():
     assert achieved <= 0.02 and router.calibration["achieved_unrelated_rate"] == pytest.approx(float(achieved))
 
 
+def test_free_threshold_never_below_what_held_out_paraphrases_reach():
+    """Three free edits: 200 unrelated queries alone allow a low free threshold (4 of them may pass at any
+    cosine); the floor from the held-out pairs (cosine 0.9) keeps a same-topic question at 0.7 out."""
+    base = fake_encoder(dim=64)  # random 64-d texts: cosines of unrelated ones stay below ~0.45
+
+    def toward(source: str, text: str, cosine: float) -> torch.Tensor:
+        anchor, noise = base([source])[0], base([text])[0]
+        noise = unit(noise - (noise @ anchor) * anchor)  # orthogonal to the anchor: the cosine is exact
+        return cosine * anchor + (1 - cosine**2) ** 0.5 * noise
+
+    def encode(texts):
+        rows = []
+        for t in texts:
+            if t.endswith(" para"):
+                rows.append(toward(t.removesuffix(" para"), t, 0.9))
+            elif t.startswith(("near ", "close ")):  # a question on the edit's topic / a paraphrase of the edit
+                kind, source = t.split(" ", 1)
+                rows.append(toward(source, t, 0.7 if kind == "near" else 0.95))
+            else:
+                rows.append(base([t])[0])
+        return torch.stack(rows)
+
+    pairs = [PseudoPair(f"Question {i} asked", f"Question {i} asked para", None) for i in range(40)]
+    unrelated = [f"Query number {i} about weather" for i in range(200)]
+    data = RoutingData(PROMPTS, encode(PROMPTS), [None, None, None], unrelated, encode(unrelated), pairs,
+                       extra={"encode": encode})
+    config = RetrievalConfig(infer_subjects=False, subject_threshold=0.5)
+    floored = RetrievalRouter.fit(data, MegConfig(retrieval=config))
+    bare = RetrievalRouter.fit(data, MegConfig(retrieval=RetrievalConfig(**{**config.to_dict(), "free_floor": False})))
+    assert bare.thresholds["free"] < 0.6
+    assert floored.thresholds["free"] == floored.calibration["free_floor"] == pytest.approx(0.9, abs=1e-5)
+    queries = [f"near {PROMPTS[0]}", f"close {PROMPTS[1]}"]
+    assert bare.route(queries, encode(queries)).routed.tolist() == [True, True]
+    assert floored.route(queries, encode(queries)).routed.tolist() == [False, True]
+
+
 def test_weighted_quantile():
     values = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)
     assert weighted_quantile(values, torch.ones(4, dtype=torch.float64), 0.5) == 0.2

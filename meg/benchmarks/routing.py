@@ -67,6 +67,13 @@ VARIANTS: dict[str, RouterVariant] = {
                                        "held-out pairs equally (the default until 2026-11-30)", "retrieval",
                                        encoder_config=_HARD,
                                        retrieval_config={"matched_calibration": False, "masked_weight": 0.0}),
+    "retrieval/nofloor": RouterVariant("subject-verified retrieval, default encoder, free-path threshold from the "
+                                       "unrelated queries alone (no paraphrase-pair floor; the default until "
+                                       "2026-11-30)", "retrieval", encoder_config=_HARD,
+                                       retrieval_config={"free_floor": False}),
+    "retrieval/r98": RouterVariant("subject-verified retrieval, default encoder, thresholds keeping 98% of the "
+                                   "held-out paraphrase pairs (default 97%)", "retrieval", encoder_config=_HARD,
+                                   retrieval_config={"paraphrase_recall": 0.98}),
     "nearest/hard": RouterVariant("retrieval with edits given WITHOUT subjects (nearest edit + calibrated cosine), "
                                   "hard-negative encoder", "retrieval", use_subjects=False, encoder_config=_HARD,
                                   retrieval_config={"infer_subjects": False}),

@@ -13,7 +13,10 @@ CounterFact paraphrase names its subject; a neighbourhood prompt names another o
    >= `free_threshold`. With `subject_required=False`, edits with a subject may be reached this way too.
 Calibration never sees test data: `subject_threshold` keeps `paraphrase_recall` of held-out pseudo pairs
 (question vs its paraphrase, disjoint from the edits); `free_threshold` routes at most `target_unrelated_rate`
-of the unrelated calibration queries overall. With `matched_calibration` each held-out pair counts as often as
+of the unrelated calibration queries overall and, with `free_floor`, never sits below the cosine that keeps
+`paraphrase_recall` of the held-out pairs: with only a handful of free edits (ZsRE edits whose prompt misspells
+their subject) the unrelated queries alone put it at 0.33, low enough to route 4% of the questions about those
+edits' subjects while adding 0.2% of paraphrases (docs/LOG.md, 2026-11-30). With `matched_calibration` each held-out pair counts as often as
 it is the nearest pair to an edit, so the threshold fits the edits' style of question: the shipped pairs are
 2/3 CounterFact, whose paraphrases sit further from their prompts than ZsRE's, and a threshold calibrated on
 all of them let ZsRE same-subject questions through (docs/LOG.md, 2026-11-30).
@@ -59,6 +62,7 @@ class RetrievalConfig:
     matched_calibration: bool = True  # weight held-out pairs by how many edits they are nearest to (see above)
     masked_weight: float = 0.2  # share of the subject-masked cosine in the subject path's score; 0 = plain cosine
     verifier: VerifierConfig | None = None  # a cross-encoder scores the subject path instead of cosine; None = off
+    free_floor: bool = True  # the free threshold is at least the held-out pairs' paraphrase_recall cosine
 
     def __post_init__(self) -> None:
         if isinstance(self.verifier, dict):  # from JSON
@@ -241,9 +245,9 @@ class RetrievalRouter:
         router = cls(meg_config.retrieval, data.edit_embeddings, data.subjects, data.edit_queries,
                      {"subject": _CLOSED, "free": _CLOSED}, encode=encode, verifier=verifier)
         router.thresholds["subject"], pairs, matched = router._calibrate_subject(data)
-        router.thresholds["free"], achieved = router._calibrate_free(data)
+        router.thresholds["free"], achieved, floor = router._calibrate_free(data)
         router.calibration = {"paraphrase_pairs": pairs, "pairs_nearest_to_edits": matched,
-                              "unrelated_queries": len(data.unrelated_queries),
+                              "unrelated_queries": len(data.unrelated_queries), "free_floor": floor,
                               "achieved_unrelated_rate": achieved, "subject_edits": len(router.index),
                               "free_edits": len(router.free_edits)}
         if verifier_log is not None:
@@ -279,20 +283,39 @@ class RetrievalRouter:
         threshold = weighted_quantile(sims, weights, 1 - self.config.paraphrase_recall)
         return threshold, len(pairs), int((weights > 0).sum()) if self.config.matched_calibration else 0
 
-    def _calibrate_free(self, data: RoutingData) -> tuple[float, float]:
-        """The free-path threshold that keeps the overall unrelated routing rate <= target."""
+    def _pair_floor(self, data: RoutingData) -> float:
+        """Whole-query cosine keeping `paraphrase_recall` of the held-out pairs (matched to the free edits)."""
+        pairs = list(data.pseudo_pairs)
+        if not pairs or self.encode is None:
+            return -1.0
+        questions = self.encode([p.question for p in pairs])  # (P, C)
+        sims = (self.encode([p.paraphrase for p in pairs]) * questions).sum(dim=1).double()  # (P,)
+        weights = torch.ones_like(sims)
+        if self.config.matched_calibration:
+            edits = self.edit_embeddings[self.free_edits].to(questions.dtype)
+            weights = torch.bincount((edits @ questions.T).argmax(dim=1), minlength=len(pairs)).double()
+        return weighted_quantile(sims, weights, 1 - self.config.paraphrase_recall)
+
+    def _calibrate_free(self, data: RoutingData) -> tuple[float, float, float | None]:
+        """(the free-path threshold that keeps the overall unrelated routing rate <= target, the rate achieved,
+        the paraphrase-pair floor applied or None)."""
         queries, emb = data.unrelated_queries, data.unrelated_embeddings
         if self.config.free_threshold is not None or not queries:
-            return (self.config.free_threshold if self.config.free_threshold is not None else _CLOSED), float("nan")
+            fixed = self.config.free_threshold
+            return (fixed if fixed is not None else _CLOSED), float("nan"), None
         scores = self.scores(queries, emb)
         by_subject = scores["subject_sim"] >= self.thresholds["subject"]
         budget = max(self.config.target_unrelated_rate - float(by_subject.double().mean()), 0.0)
         # Queries the subject path already routes are spent budget; only the rest compete for the free path.
         free_sim = torch.where(by_subject, torch.tensor(-math.inf), scores["free_sim"])
         threshold = conformal_threshold(free_sim, budget) if budget > 0 and len(self.free_edits) else math.inf
+        floor = None
+        if self.config.free_floor and math.isfinite(threshold) and len(self.free_edits):
+            floor = self._pair_floor(data)
+            threshold = max(threshold, floor)
         threshold = min(max(threshold, -1.0), _CLOSED)  # a cosine; also keeps float32 comparisons exact
         achieved = self.decide(scores, self.thresholds["subject"], threshold).routed.double().mean()
-        return threshold, float(achieved)
+        return threshold, float(achieved), floor
 
     # --- persistence ---
 
@@ -308,7 +331,7 @@ class RetrievalRouter:
                    requests: Sequence[Any], encode: Encode | None = None) -> RetrievalRouter:
         # Packs written before approximate naming, subject inference and matched calibration: keep them as they were.
         settings = RetrievalConfig.from_dict({"approximate_subjects": None, "infer_subjects": False,
-                                              "matched_calibration": False, "masked_weight": 0.0,
+                                              "matched_calibration": False, "masked_weight": 0.0, "free_floor": False,
                                               **config["retrieval"]})
         verifier = None
         if settings.verifier is not None:
