@@ -320,7 +320,7 @@ def test_route_bench_keeps_and_resumes_earlier_rows(tmp_path, monkeypatch):
     requests = [EditRequest(p, "X", s, (f"Say: {p}",), ("Unrelated?",)) for p, s in zip(PROMPTS, SUBJECTS)]
     setup = {"command": "first", "data": "toy"}
 
-    def run(names, command, stop_after=None):
+    def run(names, command, stop_after=None, fresh=False):
         def checkpoint(bench):
             routing.write_route_bench(tmp_path, "routing-toy-3", bench, {**setup, "command": command})
             if stop_after is not None and len(measured) == stop_after:
@@ -328,7 +328,7 @@ def test_route_bench_keeps_and_resumes_earlier_rows(tmp_path, monkeypatch):
 
         previous = routing.previous_variants(tmp_path, "routing-toy-3", "toy", 3)
         return routing.route_bench(requests, names, [], [], None, progress=False, previous=previous,
-                                   checkpoint=checkpoint, stamp={"command": command})
+                                   checkpoint=checkpoint, stamp={"command": command}, fresh=fresh)
 
     with pytest.raises(KeyboardInterrupt):
         run(["retrieval/hard", "nearest/hard"], "first", stop_after=1)
@@ -336,4 +336,6 @@ def test_route_bench_keeps_and_resumes_earlier_rows(tmp_path, monkeypatch):
     assert measured == [routing.VARIANTS["retrieval/hard"].label, routing.VARIANTS["nearest/hard"].label]
     assert [v["command"] for v in bench["variants"].values()] == ["first", "second"]
     assert routing.previous_variants(tmp_path, "routing-toy-3", "other data", 3) == {}
+    bench = run(["nearest/hard"], "third", fresh=True)  # measured again; the other row stays
+    assert [v["command"] for v in bench["variants"].values()] == ["first", "third"] and len(measured) == 3
     assert "- `first`" in (tmp_path / "routing-toy-3.md").read_text()

@@ -195,13 +195,14 @@ def route_bench(requests: Sequence[EditRequest], variants: Sequence[str], pairs:
                 unrelated: Sequence[str], work: Path | None, progress: bool = True,
                 previous: dict[str, Any] | None = None,
                 checkpoint: Callable[[dict[str, Any]], None] | None = None,
-                stamp: dict[str, Any] | None = None) -> dict[str, Any]:
+                stamp: dict[str, Any] | None = None, fresh: bool = False) -> dict[str, Any]:
     """Every variant on the same edits; requests lacking a paraphrase or an unrelated prompt are skipped.
 
     `previous` holds variant results of an earlier run on the same edits (a results file's "variants"): a
     requested variant found there with the same definition is not measured again, and the others are kept, so
-    an interrupted or extended bench loses nothing. `checkpoint` receives the bench after every variant; `stamp`
-    (e.g. the command and date) is stored with each variant measured now.
+    an interrupted or extended bench loses nothing; `fresh` measures every requested variant again (the others
+    are still kept). `checkpoint` receives the bench after every variant; `stamp` (e.g. the command and date) is
+    stored with each variant measured now.
     """
     usable = usable_requests(requests)
     taken = {r.prompt for r in usable} | {r.paraphrases[0] for r in usable} | {r.unrelated[0] for r in usable}
@@ -213,7 +214,7 @@ def route_bench(requests: Sequence[EditRequest], variants: Sequence[str], pairs:
              "variants": dict(previous or {})}
     for name in variants:
         done = bench["variants"].get(name)
-        if done is not None and done.get("variant") == asdict(VARIANTS[name]):
+        if not fresh and done is not None and done.get("variant") == asdict(VARIANTS[name]):
             continue  # measured before with this very definition (a resumed or extended run)
         result = bench_variant(VARIANTS[name], usable, pairs, unrelated, work, progress)
         bench["variants"][name] = {**result, **(stamp or {})}

@@ -18,8 +18,8 @@ def command(
         "paper-gate/untuned,paper-gate/tuned,nearest/tuned,retrieval/tuned"),
     name: Annotated[str | None, typer.Option(help="results file stem (default: routing-<data>-<n>)")] = None,
     out: Annotated[Path, typer.Option(help="results directory")] = Path("docs/results"),
-    fresh: Annotated[bool, typer.Option(help="measure every requested router again (default: rows already in the "
-                                             "results file with the same definition are kept)")] = False,
+    fresh: Annotated[bool, typer.Option(help="measure the requested routers again (default: their rows already in "
+                                             "the results file, same definition, are kept); other rows stay")] = False,
 ) -> None:
     """Fit each router on the first N edits and score edit prompts, paraphrases and locality prompts.
 
@@ -39,9 +39,10 @@ def command(
     dataset = load_data(data, n)
     stem = name or f"routing-{dataset.name}-{len(usable_requests(dataset.requests))}"
     setup = {"command": command_line(), "data": dataset.name}
-    previous = {} if fresh else previous_variants(out, stem, dataset.name, len(usable_requests(dataset.requests)))
+    previous = previous_variants(out, stem, dataset.name, len(usable_requests(dataset.requests)))
     stamp = {"command": setup["command"], "measured": datetime.date.today().isoformat()}
     bench = route_bench(dataset.requests, chosen, default_pseudo_pairs(), default_unrelated(), cache_dir() / "encoders",
-                        previous=previous, checkpoint=lambda b: write_route_bench(out, stem, b, setup), stamp=stamp)
+                        previous=previous, checkpoint=lambda b: write_route_bench(out, stem, b, setup), stamp=stamp,
+                        fresh=fresh)
     paths = write_route_bench(out, stem, bench, setup)
     typer.echo(Path(paths["md"]).read_text())
