@@ -117,7 +117,8 @@ class SubjectIndex:
 
     Only edits whose own prompt names their subject are indexed: the others cannot be verified by subject.
     `min_coverage` (None = exact matching only) is the share of a subject's trigrams a text must contain to
-    name it approximately; each of the subject's words must also keep half of its own trigrams, so "Renault 12"
+    name it approximately; each of the subject's words (connectors such as "of" aside: a paraphraser drops them)
+    must also keep half of its own trigrams, so "Renault 12"
     does not name "Renault 5", nor "Microsoft Office 2010" "Microsoft Office XP" (the word that tells such
     subjects apart is short and would otherwise be outvoted).
     """
@@ -134,7 +135,8 @@ class SubjectIndex:
         self._vocab: dict[str, int] = {}
         self._subject_grams = self._grams([subjects[i] or "" for i in self.indexed], grow=True)  # (S, V)
         self._sizes = np.asarray(self._subject_grams.sum(axis=1)).ravel()  # (S,) trigrams per subject
-        self._word_grams = [[trigrams(w) for w in _ALNUM.findall((subjects[i] or "").lower())] for i in self.indexed]
+        self._word_grams = [[trigrams(w) for w in _ALNUM.findall((subjects[i] or "").lower()) if w not in _CONNECTORS]
+                            for i in self.indexed]
 
     def __len__(self) -> int:
         return len(self.indexed)
