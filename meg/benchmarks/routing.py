@@ -60,6 +60,10 @@ VARIANTS: dict[str, RouterVariant] = {
     "retrieval/verifier": RouterVariant("subject-verified retrieval, default encoder, the nearest candidate "
                                         "confirmed by the cross-encoder verifier (meg/routing/verifier.py)", "retrieval",
                                         encoder_config=_HARD, retrieval_config={"verifier": {}}),
+    "retrieval/verifier98": RouterVariant("subject-verified retrieval, default encoder, cross-encoder verifier, "
+                                          "thresholds keeping 98% of the held-out paraphrase pairs", "retrieval",
+                                          encoder_config=_HARD,
+                                          retrieval_config={"verifier": {}, "paraphrase_recall": 0.98}),
     "retrieval/unmasked": RouterVariant("subject-verified retrieval, default encoder, plain cosine (no subject-masked "
                                         "share)", "retrieval", encoder_config=_HARD,
                                         retrieval_config={"masked_weight": 0.0}),
