@@ -57,15 +57,17 @@ def tuned_encoder(config: EncoderConfig, pairs: Sequence[PseudoPair], work: Path
 def trained_verifier(config, pairs: Sequence[PseudoPair], negatives: Sequence, work: Path | None,
                      progress: bool = True) -> tuple[Any, dict]:
     """The routing verifier of `config` (meg/routing/verifier.py) trained on `pairs` and `negatives`, or the one
-    stored in `work`."""
+    stored in `work`, or the one shipped in meg/assets for the default inputs (training takes ~14 CPU minutes)."""
+    from meg.data.defaults import assets_dir
     from meg.routing.verifier import SubjectVerifier
 
     verifier = SubjectVerifier(config)
     key = digest(config.to_dict(), [asdict(p) for p in pairs], [asdict(n) for n in negatives])
-    cached = work / files.TRAINED_VERIFIER.format(key=key) if work else None
-    if cached and cached.is_file():
-        verifier.load_tuned_state(files.load_tensors(cached))
-        return verifier, {"resumed_from": cached.name}
+    name = files.TRAINED_VERIFIER.format(key=key)
+    for stored in ([work / name] if work else []) + [assets_dir() / name]:
+        if stored.is_file():
+            verifier.load_tuned_state(files.load_tensors(stored))
+            return verifier, {"resumed_from": name}
     log = verifier.train(pairs, negatives, progress=progress)
     if cached:
         files.save_tensors(cached, verifier.tuned_state())

@@ -1,6 +1,7 @@
 """Build the data shipped in meg/assets (pseudo pairs, unrelated queries, same-subject questions, demo edits).
 
     python scripts/build_default_assets.py [--data ../shared/data] [--out meg/assets]
+    python scripts/build_default_assets.py --verifier   # then train the default routing verifier (~14 CPU min)
 
 Deterministic: records are taken in file order. Pseudo pairs and unrelated queries come ONLY from the training
 splits (counterfact-train.json, zsre_mend_train-1k.json; same-subject questions from KnowEdit's
@@ -106,6 +107,22 @@ def build(data: Path, out: Path, cf_pairs: int, per_source_unrelated: int, demo:
     return {PSEUDO_PAIRS_FILE: len(pairs), UNRELATED_FILE: len(unrelated), DEMO_COUNTERFACT_FILE: demo, SAME_SUBJECT_FILE: len(negatives)}
 
 
+def build_verifier(out: Path) -> Path:
+    """Train the default routing verifier on the shipped assets and store its trained layers in `out` under the
+    name `meg.stages.trained_verifier` looks for (keyed by its inputs)."""
+    import torch
+
+    from meg.data.defaults import default_negative_pairs, default_pseudo_pairs
+    from meg.pseudo_edits import split_pairs
+    from meg.routing.verifier import VerifierConfig
+    from meg.stages import trained_verifier
+
+    torch.set_num_threads(1)  # the shipped file was trained on one thread; keep the build reproducible
+    tune_pairs, _ = split_pairs(default_pseudo_pairs())
+    trained_verifier(VerifierConfig(), tune_pairs, default_negative_pairs(), out)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=REPO / ".." / "shared" / "data", help="shared data directory")
@@ -114,10 +131,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--unrelated", type=int, default=1000, help="unrelated queries per source")
     parser.add_argument("--demo", type=int, default=300, help="demo edits (first records of counterfact-val)")
     parser.add_argument("--same-subject", type=int, default=3000, help="KnowEdit-train same-subject question pairs")
+    parser.add_argument("--verifier", action="store_true", help="also train the default routing verifier")
     args = parser.parse_args(argv)
     counts = build(args.data.resolve(), args.out, args.cf_pairs, args.unrelated, args.demo, args.same_subject)
     for name, count in counts.items():
         print(f"{args.out / name}: {count} rows")
+    if args.verifier:
+        print(f"verifier stored in {build_verifier(args.out)}")
 
 
 if __name__ == "__main__":

@@ -317,7 +317,7 @@ def test_route_bench_keeps_and_resumes_earlier_rows(tmp_path, monkeypatch):
     def fake_variant(variant, requests, pairs, unrelated, work, progress):
         measured.append(variant.label)
         point = {"edit_own": 100.0, "paraphrase_own": 90.0, "locality_routed": 1.0}
-        return {"variant": routing.asdict(variant), "operating_point": point, "curve": [], "fit_seconds": 0.0}
+        return {**routing._settings(variant), "operating_point": point, "curve": [], "fit_seconds": 0.0}
 
     monkeypatch.setattr(routing, "bench_variant", fake_variant)
     requests = [EditRequest(p, "X", s, (f"Say: {p}",), ("Unrelated?",)) for p, s in zip(PROMPTS, SUBJECTS)]
@@ -339,6 +339,10 @@ def test_route_bench_keeps_and_resumes_earlier_rows(tmp_path, monkeypatch):
     assert measured == [routing.VARIANTS["retrieval/hard"].label, routing.VARIANTS["nearest/hard"].label]
     assert [v["command"] for v in bench["variants"].values()] == ["first", "second"]
     assert routing.previous_variants(tmp_path, "routing-toy-3", "other data", 3) == {}
+    stored = routing.read_results(tmp_path, "routing-toy-3")
+    stored["variants"]["retired/router"] = stored["variants"]["nearest/hard"]  # a variant no longer defined
+    routing.write_results(tmp_path, "routing-toy-3", stored, "")
+    assert "retired/router" not in routing.previous_variants(tmp_path, "routing-toy-3", "toy", 3)
     bench = run(["nearest/hard"], "third", fresh=True)  # measured again; the other row stays
     assert [v["command"] for v in bench["variants"].values()] == ["first", "third"] and len(measured) == 3
     assert "- `first`" in (tmp_path / "routing-toy-3.md").read_text()

@@ -7,7 +7,7 @@ import torch
 
 from conftest import PSEUDO_PAIRS
 from meg.config import MegConfig
-from meg.requests import NegativePair, PseudoPair
+from meg.requests import EditRequest, NegativePair, PseudoPair
 from meg.routing import RetrievalConfig, RoutingData
 from meg.routing.retrieval import RetrievalRouter
 from meg.routing.verifier import SubjectVerifier, VerifierConfig, training_examples
@@ -81,6 +81,58 @@ def test_router_calibrates_on_verifier_scores(monkeypatch):
     assert router.calibration["verifier_training"] == {"examples": 0}
 
 
+class GradedVerifier(FakeVerifier):
+    """Probability = the share of the edit prompt's words found in the query (a graded score to rank)."""
+
+    def score(self, edit_prompts, queries):
+        return torch.tensor([sum(w in q.lower() for w in e.lower().split()) / len(e.split())
+                             for e, q in zip(edit_prompts, queries)])
+
+
+def test_blended_score_is_the_mean_rank_of_verifier_and_cosine_among_held_out_pairs(monkeypatch):
+    """verifier_weight 0.5: each score becomes its rank (weighted CDF) among the held-out pairs and the two
+    ranks are averaged; the threshold keeps `paraphrase_recall` of the pairs on that scale; the lookup tables
+    travel in the router state."""
+    import meg.stages
+
+    gen = torch.Generator().manual_seed(0)
+    table: dict[str, torch.Tensor] = {}
+
+    def encode(texts):
+        for t in texts:
+            table.setdefault(t, torch.nn.functional.normalize(torch.randn(8, generator=gen), dim=0))
+        return torch.stack([table[t] for t in texts])
+
+    pairs = [PseudoPair(f"Where was P{i} born?", f"P{i} was born where{' then' * (i % 4)}?", f"P{i}") for i in range(40)]
+    prompts = ["Where was Ada born?"]
+    data = RoutingData(prompts, encode(prompts), ["Ada"], [], torch.zeros(0, 8), pairs, extra={"encode": encode})
+    monkeypatch.setattr(meg.stages, "trained_verifier", lambda *args, **kwargs: (GradedVerifier(), {}))
+    config = RetrievalConfig(verifier=VerifierConfig(), verifier_weight=0.5, matched_calibration=False, masked_weight=0)
+    router = RetrievalRouter.fit(data, MegConfig(retrieval=config))
+    ranks = router._rank("verifier", router.reference["verifier"])
+    assert ranks[-1] == 1.0 and bool((ranks[1:] >= ranks[:-1]).all())  # a CDF over the pairs' own scores
+    blended = router._blend(router.reference["cosine"][:1], router.reference["verifier"][-1:])
+    assert float(blended) == pytest.approx(0.5 * 1.0 + 0.5 * float(router._rank("cosine", router.reference["cosine"][:1])))
+    assert 0 < router.thresholds["subject"] < 1
+    state = router.state_dict()
+    assert {"reference.cosine", "reference.cosine_cdf", "reference.verifier", "reference.verifier_cdf"} <= set(state)
+    query = ["Ada was born where?"]
+
+    class Loadable(GradedVerifier):  # stands in for the real verifier class when the pack is read back
+        def __init__(self, config, device=None):
+            pass
+
+        def load_tuned_state(self, state):
+            assert set(state) == {"w"}
+
+    import meg.routing.retrieval
+
+    monkeypatch.setattr(meg.routing.retrieval, "SubjectVerifier", Loadable)
+    again = RetrievalRouter.from_state(router.config_dict(), state, data.edit_embeddings,
+                                       [EditRequest(prompts[0], "London", "Ada")], encode)
+    assert torch.equal(again.scores(query, encode(query))["subject_sim"], router.scores(query, encode(query))["subject_sim"])
+
+
 def test_retrieval_config_round_trips_the_verifier_settings():
     config = RetrievalConfig(verifier=VerifierConfig(epochs=1))
     again = RetrievalConfig.from_dict(config.to_dict())
@@ -100,3 +152,21 @@ def test_trained_verifier_state_loads_into_a_fresh_one():
     assert torch.equal(verifier.score(first, second), fresh.score(first, second))
     assert all(n.startswith(("bert.encoder.layer.4", "bert.encoder.layer.5", "bert.pooler", "classifier"))
                for n in verifier.tuned_state())
+
+
+def test_a_verifier_shipped_for_the_same_inputs_is_loaded_not_trained(tmp_path, monkeypatch):
+    from dataclasses import asdict
+
+    import meg.data.defaults
+    from meg import files
+    from meg.stages import digest, trained_verifier
+
+    config = VerifierConfig(epochs=1)
+    key = digest(config.to_dict(), [asdict(p) for p in PAIRS], [asdict(n) for n in NEGATIVES])
+    shipped = SubjectVerifier(config)
+    files.save_tensors(tmp_path / files.TRAINED_VERIFIER.format(key=key), shipped.tuned_state())
+    monkeypatch.setattr(meg.data.defaults, "assets_dir", lambda: tmp_path)
+    verifier, log = trained_verifier(config, PAIRS, NEGATIVES, work=None, progress=False)
+    assert log == {"resumed_from": files.TRAINED_VERIFIER.format(key=key)}
+    first, second = [p.question for p in PAIRS], [p.paraphrase for p in PAIRS]
+    assert torch.equal(verifier.score(first, second), shipped.score(first, second))

@@ -40,51 +40,75 @@ class RouterVariant:
 
 
 _HARD = {"hard_negatives": default_encoder_config().hard_negatives, "temperature": default_encoder_config().temperature}
+# The cosine-scored router of 2026-11-30 (session 5): the ablations below vary one thing against it.
+_COSINE = {"verifier": None, "paraphrase_recall": 0.97}
 VARIANTS: dict[str, RouterVariant] = {
     "paper-gate/untuned": RouterVariant("paper gate, untuned encoder", "paper-gate", tuned_encoder=False),
     "paper-gate/tuned": RouterVariant("paper gate, InfoNCE encoder", "paper-gate"),
     "paper-gate/hard": RouterVariant("paper gate, InfoNCE + hard negatives (the meg-gate method)", "paper-gate",
                                      encoder_config=_HARD),
+    "retrieval/default": RouterVariant("subject-verified retrieval as configured by default (RetrievalConfig(), "
+                                       "hard-negative encoder)", "retrieval", encoder_config=_HARD),
+    "inferred/default": RouterVariant("the default router with edits given WITHOUT subjects: subjects guessed from "
+                                      "the prompts (meg.routing.subjects.infer_subject)", "retrieval",
+                                      use_subjects=False, encoder_config=_HARD),
     "nearest/tuned": RouterVariant("retrieval with edits given WITHOUT subjects (nearest edit + calibrated cosine), "
                                    "InfoNCE encoder", "retrieval", use_subjects=False,
                                    retrieval_config={"infer_subjects": False}),
-    "retrieval/tuned": RouterVariant("subject-verified retrieval, InfoNCE encoder", "retrieval"),
-    "retrieval/untuned": RouterVariant("subject-verified retrieval, untuned encoder", "retrieval", tuned_encoder=False),
-    "retrieval/hard": RouterVariant("subject-verified retrieval, InfoNCE + 6 hard negatives (T 0.05; the default)",
-                                    "retrieval", encoder_config=_HARD),
-    "retrieval/hard2": RouterVariant("subject-verified retrieval, InfoNCE + 2 hard negatives (T 0.05; the default "
-                                     "until 2026-11-30)", "retrieval",
-                                     encoder_config={"hard_negatives": 2, "temperature": 0.05}),
-    "retrieval/exact": RouterVariant("subject-verified retrieval, default encoder, exact subject naming only",
-                                     "retrieval", encoder_config=_HARD, retrieval_config={"approximate_subjects": None}),
-    "retrieval/verifier": RouterVariant("subject-verified retrieval, default encoder, the nearest candidate "
-                                        "confirmed by the cross-encoder verifier (meg/routing/verifier.py)", "retrieval",
-                                        encoder_config=_HARD, retrieval_config={"verifier": {}}),
-    "retrieval/verifier98": RouterVariant("subject-verified retrieval, default encoder, cross-encoder verifier, "
-                                          "thresholds keeping 98% of the held-out paraphrase pairs", "retrieval",
-                                          encoder_config=_HARD,
-                                          retrieval_config={"verifier": {}, "paraphrase_recall": 0.98}),
-    "retrieval/unmasked": RouterVariant("subject-verified retrieval, default encoder, plain cosine (no subject-masked "
-                                        "share)", "retrieval", encoder_config=_HARD,
-                                        retrieval_config={"masked_weight": 0.0}),
-    "retrieval/uniform": RouterVariant("subject-verified retrieval, default encoder, plain cosine, threshold from all "
-                                       "held-out pairs equally (the default until 2026-11-30)", "retrieval",
-                                       encoder_config=_HARD,
-                                       retrieval_config={"matched_calibration": False, "masked_weight": 0.0}),
-    "retrieval/nofloor": RouterVariant("subject-verified retrieval, default encoder, free-path threshold from the "
-                                       "unrelated queries alone (no paraphrase-pair floor; the default until "
-                                       "2026-11-30)", "retrieval", encoder_config=_HARD,
-                                       retrieval_config={"free_floor": False}),
-    "retrieval/r98": RouterVariant("subject-verified retrieval, default encoder, thresholds keeping 98% of the "
-                                   "held-out paraphrase pairs (default 97%)", "retrieval", encoder_config=_HARD,
-                                   retrieval_config={"paraphrase_recall": 0.98}),
     "nearest/hard": RouterVariant("retrieval with edits given WITHOUT subjects (nearest edit + calibrated cosine), "
                                   "hard-negative encoder", "retrieval", use_subjects=False, encoder_config=_HARD,
                                   retrieval_config={"infer_subjects": False}),
-    "inferred/hard": RouterVariant("the default router with edits given WITHOUT subjects: subjects guessed from the "
-                                   "prompts (meg.routing.subjects.infer_subject)", "retrieval", use_subjects=False,
-                                   encoder_config=_HARD),
+    "retrieval/hard": RouterVariant("cosine-scored subject-verified retrieval, 97% of held-out pairs, InfoNCE + 6 "
+                                    "hard negatives (T 0.05)", "retrieval", encoder_config=_HARD,
+                                    retrieval_config=_COSINE),
+    "retrieval/tuned": RouterVariant("cosine-scored retrieval (as retrieval/hard), InfoNCE encoder", "retrieval",
+                                     retrieval_config=_COSINE),
+    "retrieval/untuned": RouterVariant("cosine-scored retrieval (as retrieval/hard), untuned encoder", "retrieval",
+                                       tuned_encoder=False, retrieval_config=_COSINE),
+    "retrieval/hard2": RouterVariant("cosine-scored retrieval (as retrieval/hard), InfoNCE + 2 hard negatives",
+                                     "retrieval", encoder_config={"hard_negatives": 2, "temperature": 0.05},
+                                     retrieval_config=_COSINE),
+    "retrieval/exact": RouterVariant("retrieval/hard with exact subject naming only", "retrieval",
+                                     encoder_config=_HARD, retrieval_config={**_COSINE, "approximate_subjects": None}),
+    "retrieval/unmasked": RouterVariant("retrieval/hard with plain cosine (no subject-masked share)", "retrieval",
+                                        encoder_config=_HARD, retrieval_config={**_COSINE, "masked_weight": 0.0}),
+    "retrieval/uniform": RouterVariant("retrieval/hard with plain cosine and the threshold from all held-out pairs "
+                                       "equally", "retrieval", encoder_config=_HARD,
+                                       retrieval_config={**_COSINE, "matched_calibration": False, "masked_weight": 0.0}),
+    "retrieval/nofloor": RouterVariant("retrieval/hard with the free-path threshold from the unrelated queries alone "
+                                       "(no paraphrase-pair floor)", "retrieval", encoder_config=_HARD,
+                                       retrieval_config={**_COSINE, "free_floor": False}),
+    "retrieval/r98": RouterVariant("retrieval/hard with thresholds keeping 98% of the held-out pairs", "retrieval",
+                                   encoder_config=_HARD, retrieval_config={**_COSINE, "paraphrase_recall": 0.98}),
+    "retrieval/verifier": RouterVariant("retrieval/hard, the nearest candidate confirmed by the cross-encoder "
+                                        "verifier (meg/routing/verifier.py)", "retrieval", encoder_config=_HARD,
+                                        retrieval_config={**_COSINE, "verifier": {}}),
+    "retrieval/verifier98": RouterVariant("retrieval/verifier with thresholds keeping 98% of the held-out pairs",
+                                          "retrieval", encoder_config=_HARD,
+                                          retrieval_config={**_COSINE, "verifier": {}, "paraphrase_recall": 0.98}),
+    "retrieval/blend50": RouterVariant("retrieval/verifier98 scoring the mean of the verifier's and the cosine's "
+                                       "ranks among the held-out pairs", "retrieval", encoder_config=_HARD,
+                                       retrieval_config={**_COSINE, "verifier": {}, "paraphrase_recall": 0.98,
+                                                         "verifier_weight": 0.5}),
+    "retrieval/blend70": RouterVariant("retrieval/verifier98 scoring 0.7 x the verifier's rank + 0.3 x the cosine's "
+                                       "rank among the held-out pairs", "retrieval", encoder_config=_HARD,
+                                       retrieval_config={**_COSINE, "verifier": {}, "paraphrase_recall": 0.98,
+                                                         "verifier_weight": 0.7}),
 }
+
+
+def variant_configs(variant: RouterVariant) -> tuple[EncoderConfig, RetrievalConfig]:
+    """The encoder and retrieval settings a variant stands for (defaults with its overrides)."""
+    encoder = EncoderConfig(**{**EncoderConfig().to_dict(), "tune": variant.tuned_encoder,
+                               **(variant.encoder_config or {})})
+    retrieval = RetrievalConfig.from_dict({**RetrievalConfig().to_dict(), **(variant.retrieval_config or {})})
+    return encoder, retrieval
+
+
+def _settings(variant: RouterVariant) -> dict[str, Any]:
+    """What a stored row must match to be reused: the definition and the settings it resolved to."""
+    encoder, retrieval = variant_configs(variant)
+    return {"variant": asdict(variant), "encoder": encoder.to_dict(), "retrieval": retrieval.to_dict()}
 
 
 @dataclass
@@ -169,8 +193,7 @@ def _measure(router, sets: QuerySets, embed, conflicting: torch.Tensor, facts: t
 def bench_variant(variant: RouterVariant, requests: Sequence[EditRequest], pairs: Sequence[PseudoPair],
                   unrelated: Sequence[str], work: Path | None, progress: bool = True) -> dict[str, Any]:
     """Fit one router variant on the edits (calibrating on `unrelated`) and score the three query sets."""
-    encoder_config = EncoderConfig(**{**EncoderConfig().to_dict(), "tune": variant.tuned_encoder,
-                                      **(variant.encoder_config or {})})
+    encoder_config, retrieval = variant_configs(variant)
     start = time.perf_counter()
     tune_pairs, calibration_pairs = split_pairs(pairs)
     encoder, _ = tuned_encoder(encoder_config, tune_pairs, work, progress=progress)
@@ -179,14 +202,13 @@ def bench_variant(variant: RouterVariant, requests: Sequence[EditRequest], pairs
     data = RoutingData([r.prompt for r in edits], embed([r.prompt for r in edits]), [r.subject for r in edits],
                        list(unrelated), embed(unrelated), calibration_pairs, extra={"encode": embed, "work": work},
                        training_pairs=tune_pairs)
-    retrieval = RetrievalConfig.from_dict({**RetrievalConfig().to_dict(), **(variant.retrieval_config or {})})
     config = MegConfig(router=variant.router, encoder=encoder_config, retrieval=retrieval)
     fit_start = time.perf_counter()
     router = router_class(variant.router).fit(data, config, progress=progress)
     fit_seconds = time.perf_counter() - fit_start
     result = _measure(router, query_sets(requests), embed, conflicting_locality(requests), fact_groups(requests))
     calibration = {k: v for k, v in router.config_dict().items() if k != "training"}
-    return {"variant": asdict(variant), **result, "calibration": calibration,
+    return {**_settings(variant), **result, "calibration": calibration,
             "fit_seconds": round(fit_seconds, 2), "seconds": round(time.perf_counter() - start, 2)}
 
 
@@ -218,8 +240,9 @@ def route_bench(requests: Sequence[EditRequest], variants: Sequence[str], pairs:
              "variants": dict(previous or {})}
     for name in variants:
         done = bench["variants"].get(name)
-        if not fresh and done is not None and done.get("variant") == asdict(VARIANTS[name]):
-            continue  # measured before with this very definition (a resumed or extended run)
+        settings = _settings(VARIANTS[name])
+        if not fresh and done is not None and all(done.get(k) == v for k, v in settings.items()):
+            continue  # measured before with the same definition and settings (a resumed or extended run)
         result = bench_variant(VARIANTS[name], usable, pairs, unrelated, work, progress)
         bench["variants"][name] = {**result, **(stamp or {})}
         if checkpoint is not None:
@@ -228,13 +251,14 @@ def route_bench(requests: Sequence[EditRequest], variants: Sequence[str], pairs:
 
 
 def previous_variants(out_dir: str | Path, name: str, data: str, n: int) -> dict[str, Any]:
-    """Variant results of an earlier route-bench in `out_dir/name` on the same data set and N (else {}); rows
-    written before commands were stored per row get the file's command."""
+    """Variant results of an earlier route-bench in `out_dir/name` on the same data set and N (else {}); rows of
+    variants no longer defined are dropped, rows written before commands were stored per row get the file's."""
     earlier = read_results(out_dir, name)
     if not earlier or earlier.get("setup", {}).get("data") != data or earlier.get("n") != n:
         return {}
     command = earlier["setup"].get("command")
-    return {key: {"command": command, **result} for key, result in earlier.get("variants", {}).items()}
+    return {key: {"command": command, **result} for key, result in earlier.get("variants", {}).items()
+            if key in VARIANTS}
 
 
 def write_route_bench(out_dir: str | Path, name: str, bench: dict[str, Any], setup: dict[str, Any]) -> dict[str, Path]:

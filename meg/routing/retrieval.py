@@ -63,6 +63,9 @@ class RetrievalConfig:
     masked_weight: float = 0.2  # share of the subject-masked cosine in the subject path's score; 0 = plain cosine
     verifier: VerifierConfig | None = None  # a cross-encoder scores the subject path instead of cosine; None = off
     free_floor: bool = True  # the free threshold is at least the held-out pairs' paraphrase_recall cosine
+    # With a verifier: its share of the subject score, the rest the cosine, each as its rank among the held-out
+    # pairs (a calibrated combination); 1 = the verifier alone decides.
+    verifier_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if isinstance(self.verifier, dict):  # from JSON
@@ -70,6 +73,8 @@ class RetrievalConfig:
         for name in ("target_unrelated_rate", "paraphrase_recall"):
             if not 0 < getattr(self, name) < 1:
                 raise InputError(f"RetrievalConfig.{name} must be in (0, 1), got {getattr(self, name)}")
+        if not 0 < self.verifier_weight <= 1:
+            raise InputError(f"RetrievalConfig.verifier_weight must be in (0, 1], got {self.verifier_weight}")
         if not 0 <= self.masked_weight < 1:
             raise InputError(f"RetrievalConfig.masked_weight must be in [0, 1), got {self.masked_weight}")
         if self.approximate_subjects is not None and not 0 < self.approximate_subjects <= 1:
@@ -117,6 +122,12 @@ def weighted_quantile(values: torch.Tensor, weights: torch.Tensor, q: float) -> 
     return float(values[order][min(k, len(values) - 1)])
 
 
+def _reference(name: str, scores: torch.Tensor, weights: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Sorted scores and their weighted CDF, the lookup table of `RetrievalRouter._rank`."""
+    order = scores.argsort()
+    return {name: scores[order].contiguous(), f"{name}_cdf": (weights[order].cumsum(0) / weights.sum()).contiguous()}
+
+
 _CLOSED = 1.0 + 1e-6  # above any cosine: a path that accepts nothing (finite, so JSON can store it)
 
 
@@ -144,6 +155,7 @@ class RetrievalRouter:
         self.thresholds = thresholds
         self.calibration = calibration or {}
         self._masked_edits: torch.Tensor | None = None  # (N, C) edit prompts without their subject, on first use
+        self.reference: dict[str, torch.Tensor] = {}  # held-out pair scores for `verifier_weight` < 1
 
     def _masked_weight(self) -> float:
         return self.config.masked_weight if self.encode is not None else 0.0  # masking needs the encoder
@@ -182,8 +194,22 @@ class RetrievalRouter:
             # A repeat of the edit prompt is that edit: the verifier never saw identical pairs in training.
             repeat = torch.tensor([_same(p, chosen[r]) for p, r in zip(prompts, named)])
             verdict = torch.where(repeat, torch.ones_like(verdict), verdict)
-            best[torch.tensor(named)] = verdict.to(best.dtype)
+            at = torch.tensor(named)
+            best[at] = self._blend(best[at], verdict).to(best.dtype)
         return best, edit
+
+    def _blend(self, cosine: torch.Tensor, verdict: torch.Tensor) -> torch.Tensor:
+        """The verifier's probability, or with `verifier_weight` < 1 the weighted mean of both scores' ranks."""
+        w = self.config.verifier_weight
+        if w >= 1 or not self.reference:
+            return verdict
+        return w * self._rank("verifier", verdict) + (1 - w) * self._rank("cosine", cosine)
+
+    def _rank(self, name: str, values: torch.Tensor) -> torch.Tensor:
+        """Weighted share of the held-out pairs scoring <= each value (their empirical CDF)."""
+        ref, cdf = self.reference[name], self.reference[f"{name}_cdf"]  # (P,) ascending, (P,)
+        below = torch.searchsorted(ref, values.to(ref.dtype).contiguous(), right=True)
+        return torch.where(below > 0, cdf[(below - 1).clamp_min(0)], torch.zeros_like(cdf[0]))
 
     def _cosine(self, queries: Sequence[str], texts: list[str], pairs: list[tuple[int, int]], edits: torch.Tensor,
                 embeddings: torch.Tensor) -> torch.Tensor:
@@ -266,10 +292,9 @@ class RetrievalRouter:
                              f"with a subject, got {len(pairs)}; give pairs with subjects or a fixed subject_threshold")
         questions = self.encode([p.question for p in pairs])  # (P, C)
         texts = [focus(p.paraphrase, p.subject) if self.config.focus else p.paraphrase for p in pairs]
-        if self.verifier is not None:  # the verifier's probabilities are what the subject threshold applies to
-            sims = self.verifier.score([p.question for p in pairs], texts).double()  # (P,)
-        else:
-            sims = (self.encode(texts) * questions).sum(dim=1).double()  # (P,)
+        sims = torch.zeros(len(pairs), dtype=torch.float64)  # (P,) cosines, unless the verifier alone decides
+        if self.verifier is None or self.config.verifier_weight < 1:
+            sims = (self.encode(texts) * questions).sum(dim=1).double()
             weight = self._masked_weight()
             if weight > 0:
                 masked_q = self.encode([without_subject(p.question, p.subject) for p in pairs])
@@ -280,6 +305,11 @@ class RetrievalRouter:
             edits = self.edit_embeddings[self.index.indexed] if len(self.index.indexed) else self.edit_embeddings
             nearest = (edits.to(questions.dtype) @ questions.T).argmax(dim=1)  # (E,) nearest pair per edit
             weights = torch.bincount(nearest, minlength=len(pairs)).double()
+        if self.verifier is not None:  # the subject threshold applies to the verifier's probability (or blend)
+            verdict = self.verifier.score([p.question for p in pairs], texts).double()  # (P,)
+            if self.config.verifier_weight < 1:
+                self.reference = {**_reference("cosine", sims, weights), **_reference("verifier", verdict, weights)}
+            sims = self._blend(sims, verdict)
         threshold = weighted_quantile(sims, weights, 1 - self.config.paraphrase_recall)
         return threshold, len(pairs), int((weights > 0).sum()) if self.config.matched_calibration else 0
 
@@ -324,7 +354,8 @@ class RetrievalRouter:
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         # Edit embeddings, subjects and prompts are in the pack already; only the verifier's trained layers are not.
-        return {f"verifier.{k}": v for k, v in self.verifier.tuned_state().items()} if self.verifier else {}
+        state = {f"verifier.{k}": v for k, v in self.verifier.tuned_state().items()} if self.verifier else {}
+        return {**state, **{f"reference.{k}": v for k, v in self.reference.items()}}
 
     @classmethod
     def from_state(cls, config: dict[str, Any], state: dict[str, torch.Tensor], edit_embeddings: torch.Tensor,
@@ -338,5 +369,7 @@ class RetrievalRouter:
             verifier = SubjectVerifier(settings.verifier, device=edit_embeddings.device)
             verifier.load_tuned_state({k.removeprefix("verifier."): v for k, v in state.items()
                                        if k.startswith("verifier.")})
-        return cls(settings, edit_embeddings, [r.subject for r in requests], [r.prompt for r in requests],
-                   dict(config["thresholds"]), config.get("calibration"), encode, verifier)
+        router = cls(settings, edit_embeddings, [r.subject for r in requests], [r.prompt for r in requests],
+                     dict(config["thresholds"]), config.get("calibration"), encode, verifier)
+        router.reference = {k.removeprefix("reference."): v for k, v in state.items() if k.startswith("reference.")}
+        return router
