@@ -140,8 +140,9 @@ def tiny_config(**overrides):
         collection=preset("small-gpt2"),
         encoder=EncoderConfig(epochs=2, batch_size=8, hard_negatives=2, temperature=0.05),
         gate=GateConfig(max_epochs=300),
-        # 12 pseudo pairs are too few to calibrate the subject threshold (it needs >= 20 held out).
-        retrieval=RetrievalConfig(subject_threshold=0.5),
+        # 12 pseudo pairs are too few to calibrate the subject threshold (it needs >= 20 held out); cosine
+        # scoring, because the default verifier would be trained on them (~14 CPU minutes).
+        retrieval=RetrievalConfig(subject_threshold=0.5, verifier=None),
         generator=replace(CONFIGS["small-gpt2"], sampling_steps=4),  # 1,500 steps: 1,000 sat on a knife edge
     )
     return MegConfig(**{**base, **overrides})

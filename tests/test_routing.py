@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from meg.routing.retrieval import RetrievalRouter, conformal_threshold, weighted
 from meg.routing.subjects import SubjectIndex, focus, infer_subject, trigrams, without_subject
 
 SUBJECTS = ["BBC One", "Danielle Darrieux", "Toko Yasuda"]
+COSINE = RetrievalConfig(verifier=None)  # routers fitted here score by cosine: no cross-encoder to train
 PROMPTS = ["BBC One, by", "The mother tongue of Danielle Darrieux is", "Toko Yasuda plays the"]
 
 
@@ -137,7 +139,7 @@ def test_fit_calibrates_on_held_out_pairs_and_unrelated_queries():
     unrelated = [f"Query number {i} about weather" for i in range(200)]
     data = RoutingData(PROMPTS, encode(PROMPTS), [None, None, None], unrelated, encode(unrelated), pairs,
                        extra={"encode": encode})
-    router = RetrievalRouter.fit(data, MegConfig())
+    router = RetrievalRouter.fit(data, MegConfig(retrieval=COSINE))
     assert router.calibration["paraphrase_pairs"] == 40
     achieved = router.route(unrelated, encode(unrelated)).routed.double().mean()
     assert achieved <= 0.02 and router.calibration["achieved_unrelated_rate"] == pytest.approx(float(achieved))
@@ -169,7 +171,7 @@ def test_free_threshold_never_below_what_held_out_paraphrases_reach():
     unrelated = [f"Query number {i} about weather" for i in range(200)]
     data = RoutingData(PROMPTS, encode(PROMPTS), [None, None, None], unrelated, encode(unrelated), pairs,
                        extra={"encode": encode})
-    config = RetrievalConfig(infer_subjects=False, subject_threshold=0.5)
+    config = replace(COSINE, infer_subjects=False, subject_threshold=0.5)
     floored = RetrievalRouter.fit(data, MegConfig(retrieval=config))
     bare = RetrievalRouter.fit(data, MegConfig(retrieval=RetrievalConfig(**{**config.to_dict(), "free_floor": False})))
     assert bare.thresholds["free"] < 0.6
@@ -211,8 +213,8 @@ def test_matched_calibration_uses_the_pairs_nearest_to_the_edits():
     prompts = [f"close {100 + i} E{i} q" for i in range(5)]
     data = RoutingData(prompts, encode(prompts), [f"E{i}" for i in range(5)], [], torch.zeros(0, dim), pairs,
                        extra={"encode": encode})
-    matched = RetrievalRouter.fit(data, MegConfig()).thresholds["subject"]
-    uniform = RetrievalRouter.fit(data, MegConfig(retrieval=RetrievalConfig(matched_calibration=False)))
+    matched = RetrievalRouter.fit(data, MegConfig(retrieval=COSINE)).thresholds["subject"]
+    uniform = RetrievalRouter.fit(data, MegConfig(retrieval=replace(COSINE, matched_calibration=False)))
     assert uniform.thresholds["subject"] < 0.6 < matched
     assert uniform.calibration["pairs_nearest_to_edits"] == 0
 
@@ -221,7 +223,7 @@ def test_too_few_pairs_to_calibrate_is_one_line():
     encode = fake_encoder()
     data = RoutingData(PROMPTS, encode(PROMPTS), SUBJECTS, [], torch.zeros(0, 16), [], extra={"encode": encode})
     with pytest.raises(InputError, match="needs >= 20 held-out pseudo pairs with a subject, got 0"):
-        RetrievalRouter.fit(data, MegConfig())
+        RetrievalRouter.fit(data, MegConfig(retrieval=COSINE))
 
 
 def test_paper_gate_routes_below_epsilon():

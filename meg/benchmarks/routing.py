@@ -41,7 +41,7 @@ class RouterVariant:
 
 _HARD = {"hard_negatives": default_encoder_config().hard_negatives, "temperature": default_encoder_config().temperature}
 # The cosine-scored router of 2026-11-30 (session 5): the ablations below vary one thing against it.
-_COSINE = {"verifier": None, "paraphrase_recall": 0.97}
+_COSINE = {"verifier": None, "paraphrase_recall": 0.97, "verifier_weight": 1.0}
 VARIANTS: dict[str, RouterVariant] = {
     "paper-gate/untuned": RouterVariant("paper gate, untuned encoder", "paper-gate", tuned_encoder=False),
     "paper-gate/tuned": RouterVariant("paper gate, InfoNCE encoder", "paper-gate"),

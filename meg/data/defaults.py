@@ -6,6 +6,9 @@
   train splits (wiki_counterfact, wiki_recent): negatives for the routing verifier (meg/routing/verifier.py).
 - unrelated.jsonl: unrelated queries (CounterFact-train locality prompts, NQ questions) for gate calibration.
 - demo_counterfact.jsonl: 300 CounterFact edits (the first records of counterfact-val.json) for demos.
+- verifier-<key>.safetensors: the default routing verifier's trained layers for these assets (key = hash of its
+  config and training data; `scripts/build_default_assets.py --verifier`), so the default router needs no
+  training; `meg.stages.trained_verifier` looks it up.
 Files are read when a function is called, never at import.
 """
 

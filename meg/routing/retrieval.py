@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
 import torch
@@ -51,7 +51,7 @@ class RetrievalConfig:
     """Settings of the subject-verified retrieval router (thresholds None = calibrate)."""
 
     target_unrelated_rate: float = 0.02
-    paraphrase_recall: float = 0.97  # share of held-out paraphrase pairs the subject path must accept
+    paraphrase_recall: float = 0.98  # share of held-out paraphrase pairs the subject path must accept
     subject_threshold: float | None = None
     free_threshold: float | None = None
     use_subjects: bool = True  # False: ignore subjects, route by cosine only (the "nearest edit" baseline)
@@ -61,11 +61,12 @@ class RetrievalConfig:
     infer_subjects: bool = True  # an edit given without a subject gets one guessed from its prompt (subjects.py)
     matched_calibration: bool = True  # weight held-out pairs by how many edits they are nearest to (see above)
     masked_weight: float = 0.2  # share of the subject-masked cosine in the subject path's score; 0 = plain cosine
-    verifier: VerifierConfig | None = None  # a cross-encoder scores the subject path instead of cosine; None = off
+    # A cross-encoder scores the subject path (with the cosine, see verifier_weight); None = cosine only.
+    verifier: VerifierConfig | None = field(default_factory=VerifierConfig)
     free_floor: bool = True  # the free threshold is at least the held-out pairs' paraphrase_recall cosine
     # With a verifier: its share of the subject score, the rest the cosine, each as its rank among the held-out
     # pairs (a calibrated combination); 1 = the verifier alone decides.
-    verifier_weight: float = 1.0
+    verifier_weight: float = 0.7
 
     def __post_init__(self) -> None:
         if isinstance(self.verifier, dict):  # from JSON
@@ -363,6 +364,7 @@ class RetrievalRouter:
         # Packs written before approximate naming, subject inference and matched calibration: keep them as they were.
         settings = RetrievalConfig.from_dict({"approximate_subjects": None, "infer_subjects": False,
                                               "matched_calibration": False, "masked_weight": 0.0, "free_floor": False,
+                                              "verifier_weight": 1.0,
                                               **config["retrieval"]})
         verifier = None
         if settings.verifier is not None:
