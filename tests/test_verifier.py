@@ -103,7 +103,8 @@ def test_blended_score_is_the_mean_rank_of_verifier_and_cosine_among_held_out_pa
             table.setdefault(t, torch.nn.functional.normalize(torch.randn(8, generator=gen), dim=0))
         return torch.stack([table[t] for t in texts])
 
-    pairs = [PseudoPair(f"Where was P{i} born?", f"P{i} was born where{' then' * (i % 4)}?", f"P{i}") for i in range(40)]
+    pairs = [PseudoPair(f"Where was P{i} born?", f"P{i} was born where{' then' * (i % 4)}?", f"P{i}")
+             for i in range(40)]
     prompts = ["Where was Ada born?"]
     data = RoutingData(prompts, encode(prompts), ["Ada"], [], torch.zeros(0, 8), pairs, extra={"encode": encode})
     monkeypatch.setattr(meg.stages, "trained_verifier", lambda *args, **kwargs: (GradedVerifier(), {}))
@@ -112,7 +113,8 @@ def test_blended_score_is_the_mean_rank_of_verifier_and_cosine_among_held_out_pa
     ranks = router._rank("verifier", router.reference["verifier"])
     assert ranks[-1] == 1.0 and bool((ranks[1:] >= ranks[:-1]).all())  # a CDF over the pairs' own scores
     blended = router._blend(router.reference["cosine"][:1], router.reference["verifier"][-1:])
-    assert float(blended) == pytest.approx(0.5 * 1.0 + 0.5 * float(router._rank("cosine", router.reference["cosine"][:1])))
+    lowest_cosine_rank = float(router._rank("cosine", router.reference["cosine"][:1]))
+    assert float(blended) == pytest.approx(0.5 * 1.0 + 0.5 * lowest_cosine_rank)
     assert 0 < router.thresholds["subject"] < 1
     state = router.state_dict()
     assert {"reference.cosine", "reference.cosine_cdf", "reference.verifier", "reference.verifier_cdf"} <= set(state)
@@ -130,7 +132,8 @@ def test_blended_score_is_the_mean_rank_of_verifier_and_cosine_among_held_out_pa
     monkeypatch.setattr(meg.routing.retrieval, "SubjectVerifier", Loadable)
     again = RetrievalRouter.from_state(router.config_dict(), state, data.edit_embeddings,
                                        [EditRequest(prompts[0], "London", "Ada")], encode)
-    assert torch.equal(again.scores(query, encode(query))["subject_sim"], router.scores(query, encode(query))["subject_sim"])
+    assert torch.equal(again.scores(query, encode(query))["subject_sim"],
+                       router.scores(query, encode(query))["subject_sim"])
 
 
 def test_retrieval_config_round_trips_the_verifier_settings():

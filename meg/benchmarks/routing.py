@@ -74,7 +74,8 @@ VARIANTS: dict[str, RouterVariant] = {
                                         encoder_config=_HARD, retrieval_config={**_COSINE, "masked_weight": 0.0}),
     "retrieval/uniform": RouterVariant("retrieval/hard with plain cosine and the threshold from all held-out pairs "
                                        "equally", "retrieval", encoder_config=_HARD,
-                                       retrieval_config={**_COSINE, "matched_calibration": False, "masked_weight": 0.0}),
+                                       retrieval_config={**_COSINE, "matched_calibration": False,
+                                                         "masked_weight": 0.0}),
     "retrieval/nofloor": RouterVariant("retrieval/hard with the free-path threshold from the unrelated queries alone "
                                        "(no paraphrase-pair floor)", "retrieval", encoder_config=_HARD,
                                        retrieval_config={**_COSINE, "free_floor": False}),

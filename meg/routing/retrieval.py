@@ -16,16 +16,18 @@ Calibration never sees test data: `subject_threshold` keeps `paraphrase_recall` 
 of the unrelated calibration queries overall and, with `free_floor`, never sits below the cosine that keeps
 `paraphrase_recall` of the held-out pairs: with only a handful of free edits (ZsRE edits whose prompt misspells
 their subject) the unrelated queries alone put it at 0.33, low enough to route 4% of the questions about those
-edits' subjects while adding 0.2% of paraphrases (docs/LOG.md, 2026-11-30). With `matched_calibration` each held-out pair counts as often as
-it is the nearest pair to an edit, so the threshold fits the edits' style of question: the shipped pairs are
+edits' subjects while adding 0.2% of paraphrases (docs/LOG.md, 2026-11-30). With `matched_calibration` each
+held-out pair counts as often as it is the nearest pair to an edit, so the threshold fits the edits' style of
+question: the shipped pairs are
 2/3 CounterFact, whose paraphrases sit further from their prompts than ZsRE's, and a threshold calibrated on
 all of them let ZsRE same-subject questions through (docs/LOG.md, 2026-11-30).
 The subject path scores (1 - `masked_weight`) x cosine(query, edit) + `masked_weight` x cosine of both with the
 subject replaced by "it": the tuned encoder still weighs the shared subject heavily, and the masked texts
 compare only what is asked about it (a question on the same subject and another relation scores lower).
-With `verifier` set, the most similar candidate is still chosen by that score, but whether to route is decided
-by a cross-encoder (verifier.py) reading the candidate's prompt and the query together; the threshold is
-calibrated on its probabilities for the held-out pairs the same way.
+With `verifier` set (the default), the most similar candidate is still chosen by that score, but whether to
+route is decided by a cross-encoder (verifier.py) reading the candidate's prompt and the query together, blended
+with the cosine (`verifier_weight`: each score as its rank among the held-out pairs); the threshold is
+calibrated on the held-out pairs the same way.
 """
 
 from __future__ import annotations
