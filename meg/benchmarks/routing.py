@@ -267,7 +267,8 @@ def write_route_bench(out_dir: str | Path, name: str, bench: dict[str, Any], set
     for key, result in bench["variants"].items():
         p = result["operating_point"]
         optional = [p.get(k) for k in ("paraphrase_own_fact", "locality_routed_clean")]
-        rows.append([key, result["variant"]["label"], f"{p['edit_own']:.1f}", f"{p['paraphrase_own']:.1f}",
+        label = VARIANTS[key].label if key in VARIANTS else result["variant"]["label"]  # today's wording
+        rows.append([key, label, f"{p['edit_own']:.1f}", f"{p['paraphrase_own']:.1f}",
                      *("-" if v is None else f"{v:.1f}" for v in optional[:1]), f"{p['locality_routed']:.1f}",
                      *("-" if v is None else f"{v:.1f}" for v in optional[1:]), result["fit_seconds"]])
     table = markdown_table(["router", "setting", "edit prompts -> own edit %", "paraphrases -> own edit %",
