@@ -69,8 +69,8 @@ def trained_verifier(config, pairs: Sequence[PseudoPair], negatives: Sequence, w
             verifier.load_tuned_state(files.load_tensors(stored))
             return verifier, {"resumed_from": name}
     log = verifier.train(pairs, negatives, progress=progress)
-    if cached:
-        files.save_tensors(cached, verifier.tuned_state())
+    if work:
+        files.save_tensors(work / name, verifier.tuned_state())
     return verifier, log
 
 

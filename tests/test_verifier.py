@@ -173,3 +173,15 @@ def test_a_verifier_shipped_for_the_same_inputs_is_loaded_not_trained(tmp_path, 
     assert log == {"resumed_from": files.TRAINED_VERIFIER.format(key=key)}
     first, second = [p.question for p in PAIRS], [p.paraphrase for p in PAIRS]
     assert torch.equal(verifier.score(first, second), shipped.score(first, second))
+
+
+def test_a_verifier_trained_in_a_work_directory_is_stored_there_and_reused(tmp_path, monkeypatch):
+    from meg.stages import trained_verifier
+
+    calls = []
+    monkeypatch.setattr(SubjectVerifier, "train", lambda self, pairs, negatives, progress=True: calls.append(1) or {})
+    config = VerifierConfig(epochs=1)
+    _, log = trained_verifier(config, PAIRS, NEGATIVES, work=tmp_path, progress=False)
+    assert log == {} and len(list(tmp_path.glob("verifier-*.safetensors"))) == 1
+    _, again = trained_verifier(config, PAIRS, NEGATIVES, work=tmp_path, progress=False)
+    assert "resumed_from" in again and calls == [1]
