@@ -37,9 +37,10 @@ def command(
     if unknown:
         raise InputError(f"unknown router variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     dataset = load_data(data, n)
-    stem = name or f"routing-{dataset.name}-{len(usable_requests(dataset.requests))}"
+    usable = len(usable_requests(dataset.requests))
+    stem = name or f"routing-{dataset.name}-{usable}"
     setup = {"command": command_line(), "data": dataset.name}
-    previous = previous_variants(out, stem, dataset.name, len(usable_requests(dataset.requests)))
+    previous = previous_variants(out, stem, dataset.name, usable)
     stamp = {"command": setup["command"], "measured": datetime.date.today().isoformat()}
     bench = route_bench(dataset.requests, chosen, default_pseudo_pairs(), default_unrelated(), cache_dir() / "encoders",
                         previous=previous, checkpoint=lambda b: write_route_bench(out, stem, b, setup), stamp=stamp,

@@ -18,9 +18,8 @@ of the unrelated calibration queries overall and, with `free_floor`, never sits 
 their subject) the unrelated queries alone put it at 0.33, low enough to route 4% of the questions about those
 edits' subjects while adding 0.2% of paraphrases (docs/LOG.md, 2026-11-30). With `matched_calibration` each
 held-out pair counts as often as it is the nearest pair to an edit, so the threshold fits the edits' style of
-question: the shipped pairs are
-2/3 CounterFact, whose paraphrases sit further from their prompts than ZsRE's, and a threshold calibrated on
-all of them let ZsRE same-subject questions through (docs/LOG.md, 2026-11-30).
+question: the shipped pairs are 2/3 CounterFact, whose paraphrases sit further from their prompts than ZsRE's,
+and a threshold calibrated on all of them let ZsRE same-subject questions through (docs/LOG.md, 2026-11-30).
 The subject path scores (1 - `masked_weight`) x cosine(query, edit) + `masked_weight` x cosine of both with the
 subject replaced by "it": the tuned encoder still weighs the shared subject heavily, and the masked texts
 compare only what is asked about it (a question on the same subject and another relation scores lower).
@@ -303,11 +302,8 @@ class RetrievalRouter:
                 masked_q = self.encode([without_subject(p.question, p.subject) for p in pairs])
                 masked_p = self.encode([without_subject(t, p.subject) for t, p in zip(texts, pairs)])
                 sims = (1 - weight) * sims + weight * (masked_q * masked_p).sum(dim=1).double()
-        weights = torch.ones_like(sims)
-        if self.config.matched_calibration:
-            edits = self.edit_embeddings[self.index.indexed] if len(self.index.indexed) else self.edit_embeddings
-            nearest = (edits.to(questions.dtype) @ questions.T).argmax(dim=1)  # (E,) nearest pair per edit
-            weights = torch.bincount(nearest, minlength=len(pairs)).double()
+        edits = self.edit_embeddings[self.index.indexed] if len(self.index.indexed) else self.edit_embeddings
+        weights = self._pair_weights(edits, questions)
         if self.verifier is not None:  # the subject threshold applies to the verifier's probability (or blend)
             verdict = self.verifier.score([p.question for p in pairs], texts).double()  # (P,)
             if self.config.verifier_weight < 1:
@@ -316,6 +312,14 @@ class RetrievalRouter:
         threshold = weighted_quantile(sims, weights, 1 - self.config.paraphrase_recall)
         return threshold, len(pairs), int((weights > 0).sum()) if self.config.matched_calibration else 0
 
+    def _pair_weights(self, edits: torch.Tensor, questions: torch.Tensor) -> torch.Tensor:
+        """(P,) weight of each held-out pair: with `matched_calibration` the number of `edits` (E, C) whose nearest
+        held-out question (P, C) it is, else 1."""
+        if not self.config.matched_calibration:
+            return torch.ones(len(questions), dtype=torch.float64)
+        nearest = (edits.to(questions.dtype) @ questions.T).argmax(dim=1)  # (E,) nearest pair per edit
+        return torch.bincount(nearest, minlength=len(questions)).double()
+
     def _pair_floor(self, data: RoutingData) -> float:
         """Whole-query cosine keeping `paraphrase_recall` of the held-out pairs (matched to the free edits)."""
         pairs = list(data.pseudo_pairs)
@@ -323,10 +327,7 @@ class RetrievalRouter:
             return -1.0
         questions = self.encode([p.question for p in pairs])  # (P, C)
         sims = (self.encode([p.paraphrase for p in pairs]) * questions).sum(dim=1).double()  # (P,)
-        weights = torch.ones_like(sims)
-        if self.config.matched_calibration:
-            edits = self.edit_embeddings[self.free_edits].to(questions.dtype)
-            weights = torch.bincount((edits @ questions.T).argmax(dim=1), minlength=len(pairs)).double()
+        weights = self._pair_weights(self.edit_embeddings[self.free_edits], questions)
         return weighted_quantile(sims, weights, 1 - self.config.paraphrase_recall)
 
     def _calibrate_free(self, data: RoutingData) -> tuple[float, float, float | None]:
