@@ -13,7 +13,7 @@ import hashlib
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -25,6 +25,7 @@ from transformers import PreTrainedTokenizerBase
 from meg import __version__, files
 from meg.architectures import resolve
 from meg.decoding import greedy_generate
+from meg.dict_io import DictIO
 from meg.errors import InputError
 from meg.prompts import AnswerBatch, LossTokens, PromptTemplate, answers_match, encode_answers
 from meg.requests import EditRequest
@@ -32,7 +33,7 @@ from meg.surgery import NeuronSpec, context_length, frozen_eval, mount_neuron
 
 
 @dataclass(frozen=True)
-class CollectionConfig:
+class CollectionConfig(DictIO):
     """How one neuron is trained per edit. Defaults: the paper's Phi-2 setting (SGD lr 0.01, 80 steps)."""
 
     lr: float = 0.01
@@ -66,17 +67,6 @@ class CollectionConfig:
         for name, ok in checks.items():
             if not ok:
                 raise InputError(f"CollectionConfig.{name} has an invalid value: {getattr(self, name)!r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> CollectionConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise InputError(f"unknown CollectionConfig fields: {', '.join(sorted(unknown))}")
-        return cls(**data)
 
 
 # Named settings. "paper-*" are the research code's stage-3 configs; "small-gpt2" is ours, measured on the

@@ -28,6 +28,7 @@ from meg.collection import PRESETS as COLLECTION_PRESETS
 from meg.collection import CollectionConfig
 from meg.diffusion.generator import CONFIGS as GENERATOR_CONFIGS
 from meg.diffusion.generator import GeneratorConfig
+from meg.dict_io import DictIO
 from meg.encoder import EncoderConfig
 from meg.errors import InputError
 from meg.gate import GateConfig
@@ -65,7 +66,7 @@ def default_encoder_config() -> EncoderConfig:
 
 
 @dataclass(frozen=True)
-class MegConfig:
+class MegConfig(DictIO):
     """Settings of the four MeG stages plus inference (see module docstring for the departures)."""
 
     layer: int | None = None  # None: the architecture's default layer (meg.architectures)
@@ -113,10 +114,3 @@ class MegConfig:
             value = getattr(self, f.name)
             out[f.name] = value.to_dict() if hasattr(value, "to_dict") else value
         return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> MegConfig:
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise InputError(f"unknown MegConfig fields: {', '.join(sorted(unknown))}")
-        return cls(**data)

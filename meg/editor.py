@@ -74,9 +74,15 @@ class MegEditor:
         unrelated: Sequence[str] | None = None,
         work_dir: str | Path | None = None,
         progress: bool = True,
+        calibration_pairs: Sequence[PseudoPair] | None = None,
     ) -> EditPack:
-        """Run the four stages. `pseudo_pairs` / `unrelated` default to the shipped public sets."""
-        from meg.data.defaults import default_pseudo_pairs, default_unrelated
+        """Run the four stages. `pseudo_pairs` / `unrelated` default to the shipped public sets.
+
+        The router is calibrated on the pseudo pairs held out from encoder tuning plus `calibration_pairs` (pairs
+        used for nothing else; None = the shipped 3,000, [] = none): a few hundred held-out pairs put the
+        threshold at 98% of them a point of recall too high or too low by chance (docs/LOG.md, 2026-11-30).
+        """
+        from meg.data.defaults import default_calibration_pairs, default_pseudo_pairs, default_unrelated
 
         requests, replaced = deduplicate(list(requests))
         if not requests:
@@ -85,15 +91,18 @@ class MegEditor:
             log.warning("%d duplicate prompts: the later edit wins (%s)", len(replaced), "; ".join(replaced[:3]))
         pairs, unrelated = _disjoint(requests, default_pseudo_pairs() if pseudo_pairs is None else pseudo_pairs,
                                      default_unrelated() if unrelated is None else unrelated)
+        shipped = calibration_pairs is None
+        extra, _ = _disjoint(requests, default_calibration_pairs() if shipped else calibration_pairs, ())
         work = Path(work_dir) if work_dir else None
-        tune_pairs, calibration_pairs = split_pairs(pairs, seed=self.config.seed)
+        tune_pairs, held_out = split_pairs(pairs, seed=self.config.seed)
+        calibration = held_out + extra
         encoder, tuning = self._encoder(tune_pairs, work, progress)
         with self._stage("embed"):
             edit_emb = encoder.encode([r.prompt for r in requests], progress=progress)  # (N, C)
             unrelated_emb = encoder.encode(list(unrelated), progress=progress)  # (M, C)
         with self._stage("router"):
             data = RoutingData([r.prompt for r in requests], edit_emb, [r.subject for r in requests],
-                               list(unrelated), unrelated_emb, calibration_pairs,
+                               list(unrelated), unrelated_emb, calibration,
                                extra={"encode": encoder.encode, "work": work}, training_pairs=tune_pairs)
             router = router_class(self.config.router).fit(data, self.config, progress=progress)
         spec, collection_config = neuron_spec(self.model, self.config.layer), self._collection_config()
@@ -113,7 +122,8 @@ class MegEditor:
             router_name=router.name, router_config=router.config_dict(), router_state=router.state_dict(),
             router_state_file=router.state_file, generator=generator,
             log={"stage_seconds": self.seconds, "replaced_duplicates": replaced, "encoder_tuning": tuning,
-                 "generator_training": generator_log, "pseudo_pairs": len(pairs), "unrelated_queries": len(unrelated),
+                 "generator_training": generator_log, "pseudo_pairs": len(pairs), "calibration_pairs": len(calibration),
+                 "unrelated_queries": len(unrelated),
                  "collection_success_rate": collection.success_rate},
         )
 

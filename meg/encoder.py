@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from meg.dict_io import DictIO
 from meg.errors import InputError, PackError, UnsupportedModelError
 from meg.pseudo_edits import tuning_set
 from meg.requests import PseudoPair
@@ -49,7 +50,7 @@ _SPLIT_TOLERANCE = 1e-4  # max |split - full| on unit-norm embeddings before we 
 
 
 @dataclass
-class EncoderConfig:
+class EncoderConfig(DictIO):
     """How to build and tune the query encoder; saved as JSON in the edit pack.
 
     Attributes:
@@ -84,16 +85,6 @@ class EncoderConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise InputError(f"encoder config: field {name!r} must be a number > 0, got {value!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> EncoderConfig:
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        if unknown:
-            raise InputError(f"encoder config: unknown field(s) {unknown}; valid: {[f.name for f in fields(cls)]}")
-        return cls(**data)
 
 
 @dataclass

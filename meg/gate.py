@@ -19,7 +19,7 @@ import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -27,11 +27,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from meg.dict_io import DictIO
 from meg.errors import InputError
 
 
 @dataclass
-class GateConfig:
+class GateConfig(DictIO):
     """Familiarity network and its epsilon; saved as JSON in the edit pack.
 
     Attributes:
@@ -69,16 +70,6 @@ class GateConfig:
         _check_number("target_unrelated_rate", self.target_unrelated_rate, 0.0, 1.0, low_open=True, high_open=True)
         if self.epsilon is not None:
             _check_number("epsilon", self.epsilon, 0.0, math.inf, low_open=True)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> GateConfig:
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        if unknown:
-            raise InputError(f"gate config: unknown field(s) {unknown}; valid: {[f.name for f in fields(cls)]}")
-        return cls(**data)
 
 
 def _check_int(name: str, value: Any, low: int) -> None:

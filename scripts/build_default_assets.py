@@ -1,13 +1,15 @@
-"""Build the data shipped in meg/assets (pseudo pairs, unrelated queries, same-subject questions, demo edits).
+"""Build the data shipped in meg/assets (pseudo pairs, calibration pairs, unrelated queries, same-subject questions,
+demo edits).
 
     python scripts/build_default_assets.py [--data ../shared/data] [--out meg/assets]
     python scripts/build_default_assets.py --verifier   # then train the default routing verifier (~14 CPU min)
 
-Deterministic: records are taken in file order. Pseudo pairs and unrelated queries come ONLY from the training
-splits (counterfact-train.json, zsre_mend_train-1k.json; same-subject questions from KnowEdit's
-wiki_counterfact and wiki_recent train files), and any query that also appears in a benchmark file
-(counterfact-edit/val.json, knowedit_zsre_test_all.json: prompt, paraphrase or locality prompt) is skipped, so
-tuning the encoder or calibrating the gate never sees a benchmark query.
+Deterministic: records are taken in file order. Pseudo pairs, calibration pairs (the CounterFact-train records
+after those taken as pseudo pairs) and unrelated queries come ONLY from the training splits
+(counterfact-train.json, zsre_mend_train-1k.json; same-subject questions from KnowEdit's wiki_counterfact and
+wiki_recent train files), and any query that also appears in a benchmark file (counterfact-edit/val.json,
+knowedit_zsre_test_all.json: prompt, paraphrase or locality prompt) is skipped, so tuning the encoder or
+calibrating a router never sees a benchmark query.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from meg.data import load_dataset
-from meg.data.defaults import DEMO_COUNTERFACT_FILE, PSEUDO_PAIRS_FILE, SAME_SUBJECT_FILE, UNRELATED_FILE
+from meg.data.defaults import (CALIBRATION_PAIRS_FILE, DEMO_COUNTERFACT_FILE, PSEUDO_PAIRS_FILE, SAME_SUBJECT_FILE,
+                               UNRELATED_FILE)
 from meg.data.records import read_records, text, where
 from meg.data.zsre import strip_nq_prefix
 from meg.files import atomic_write_text
@@ -88,23 +91,30 @@ def jsonl(rows: Iterable[dict]) -> str:
 
 
 def build(data: Path, out: Path, cf_pairs: int, per_source_unrelated: int, demo: int,
-          same_subject: int) -> dict[str, int]:
-    """Write the four asset files into `out`; -> number of rows written per file."""
+          same_subject: int, calibration: int) -> dict[str, int]:
+    """Write the five asset files into `out`; -> number of rows written per file."""
     excluded = benchmark_queries(data)
     cf_train = load_dataset(data / CF_TRAIN).requests
     mend = mend_rows(data)
     # Subjects ride along (not checked for overlap): encoder tuning swaps them to build hard negatives.
     pairs = take(((r.prompt, r.paraphrases[0], r.subject) for r in cf_train if r.paraphrases), cf_pairs, excluded, 2)
     pairs += take(((q, p, s) for q, p, _, s in mend), len(mend), excluded, 2)
+    # Calibration only (never tuned on): the next CounterFact-train pairs, disjoint from the pseudo pairs.
+    used = excluded | {key(x) for q, p, _ in pairs for x in (q, p)}
+    calibration_pairs = take(((r.prompt, r.paraphrases[0], r.subject) for r in cf_train if r.paraphrases),
+                             calibration, used, 2)
     unrelated = take(((u,) for r in cf_train for u in r.unrelated), per_source_unrelated, excluded)
     unrelated += take(((nq,) for _, _, nq, _ in mend), per_source_unrelated, excluded)
     # Only the other question is checked against the benchmarks: the edit prompt is the verifier's reference side.
     negatives = take(((o, q, s) for q, o, s in same_subject_rows(data)), same_subject, excluded, 1)
     atomic_write_text(out / SAME_SUBJECT_FILE, jsonl({"question": q, "other": o, "subject": s} for o, q, s in negatives))
     atomic_write_text(out / PSEUDO_PAIRS_FILE, jsonl({"question": q, "paraphrase": p, "subject": s} for q, p, s in pairs))
+    atomic_write_text(out / CALIBRATION_PAIRS_FILE,
+                      jsonl({"question": q, "paraphrase": p, "subject": s} for q, p, s in calibration_pairs))
     atomic_write_text(out / UNRELATED_FILE, jsonl({"prompt": u} for (u,) in unrelated))
     write_edit_file(load_dataset(data / CF_VAL).requests[:demo], out / DEMO_COUNTERFACT_FILE)
-    return {PSEUDO_PAIRS_FILE: len(pairs), UNRELATED_FILE: len(unrelated), DEMO_COUNTERFACT_FILE: demo, SAME_SUBJECT_FILE: len(negatives)}
+    return {PSEUDO_PAIRS_FILE: len(pairs), CALIBRATION_PAIRS_FILE: len(calibration_pairs),
+            UNRELATED_FILE: len(unrelated), DEMO_COUNTERFACT_FILE: demo, SAME_SUBJECT_FILE: len(negatives)}
 
 
 def build_verifier(out: Path) -> Path:
@@ -131,9 +141,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--unrelated", type=int, default=1000, help="unrelated queries per source")
     parser.add_argument("--demo", type=int, default=300, help="demo edits (first records of counterfact-val)")
     parser.add_argument("--same-subject", type=int, default=3000, help="KnowEdit-train same-subject question pairs")
+    parser.add_argument("--calibration", type=int, default=3000, help="CounterFact pairs held out for calibration")
     parser.add_argument("--verifier", action="store_true", help="also train the default routing verifier")
     args = parser.parse_args(argv)
-    counts = build(args.data.resolve(), args.out, args.cf_pairs, args.unrelated, args.demo, args.same_subject)
+    counts = build(args.data.resolve(), args.out, args.cf_pairs, args.unrelated, args.demo, args.same_subject,
+                   args.calibration)
     for name, count in counts.items():
         print(f"{args.out / name}: {count} rows")
     if args.verifier:

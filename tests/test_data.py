@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import pytest
 
 from meg.data import Dataset, Fact, detect_kind, load_dataset, template_for
 from meg.data.counterfact import load_counterfact, true_facts_counterfact
-from meg.data.defaults import default_pseudo_pairs, default_unrelated, demo_requests
+from meg.data.defaults import default_calibration_pairs, default_pseudo_pairs, default_unrelated, demo_requests
 from meg.data.knowedit import load_knowedit, true_facts_knowedit
 from meg.data.templates import TEMPLATES
 from meg.data.zsre import load_zsre, true_facts_zsre
@@ -268,6 +267,10 @@ def test_assets_load():
     pairs, unrelated, demo = default_pseudo_pairs(), default_unrelated(), demo_requests()
     assert 2_500 <= len(pairs) <= 3_500 and 1_500 <= len(unrelated) <= 2_500 and len(demo) == 300
     assert len({p.question for p in pairs}) == len(pairs)
+    calibration = default_calibration_pairs()  # for calibration only: never a pair the encoder was tuned on
+    assert len(calibration) == 3_000 and all(p.subject for p in calibration)
+    texts = lambda ps: {q for p in ps for q in (p.question, p.paraphrase)}  # noqa: E731
+    assert not texts(calibration) & texts(pairs)
     assert all(r.ground_truth and r.paraphrases and r.unrelated for r in demo)
 
 
@@ -280,7 +283,8 @@ def test_assets_disjoint_from_benchmarks():
     for name in ("counterfact/counterfact-edit.json", "counterfact/counterfact-val.json", "zsre/knowedit_zsre_test_all.json"):
         for r in load_dataset(SHARED / name).requests:
             benchmark.update(key(q) for q in (r.prompt, *r.paraphrases, *r.unrelated))
-    shipped = {key(q) for p in default_pseudo_pairs() for q in (p.question, p.paraphrase)}
+    pairs = default_pseudo_pairs() + default_calibration_pairs()
+    shipped = {key(q) for p in pairs for q in (p.question, p.paraphrase)}
     shipped |= {key(q) for q in default_unrelated()}
     assert not shipped & benchmark
     val = load_dataset(SHARED / "counterfact/counterfact-val.json").requests[:300]

@@ -146,7 +146,7 @@ def test_config_validation_names_the_field(field, value):
 def test_config_round_trips_and_rejects_unknown_fields():
     config = EncoderConfig(model="some/path", epochs=3, temperature=0.05)
     assert EncoderConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
-    with pytest.raises(InputError, match="unknown field"):
+    with pytest.raises(InputError, match="unknown EncoderConfig fields"):
         EncoderConfig.from_dict({"modle": "minilm"})
 
 

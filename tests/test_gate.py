@@ -134,7 +134,7 @@ def test_config_validation_names_the_field(field, value):
 def test_config_round_trips_and_rejects_unknown_fields():
     config = GateConfig(epsilon=0.2, batch_size=128)
     assert GateConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
-    with pytest.raises(InputError, match="unknown field"):
+    with pytest.raises(InputError, match="unknown GateConfig fields"):
         GateConfig.from_dict({"epsilom": 0.2})
 
 

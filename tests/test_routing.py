@@ -299,7 +299,6 @@ def test_infer_subject_takes_the_longest_capitalised_name(prompt, subject):
 
 
 def test_edits_without_subjects_get_inferred_ones_unless_subjects_are_off():
-    encode = fake_encoder()
     inferred, _ = _router(RetrievalConfig(), subjects=[None, None, None])
     assert inferred.subjects == ["BBC One", "Danielle Darrieux", "Toko Yasuda"] and len(inferred.index) == 3
     plain, _ = _router(RetrievalConfig(infer_subjects=False), subjects=[None, None, None])
@@ -316,16 +315,17 @@ def test_route_bench_keeps_and_resumes_earlier_rows(tmp_path, monkeypatch):
 
     measured: list[str] = []
 
-    def fake_variant(variant, requests, pairs, unrelated, work, progress):
+    def fake_variant(variant, requests, pairs, unrelated, work, progress, calibration=()):
         measured.append(variant.label)
         point = {"edit_own": 100.0, "paraphrase_own": 90.0, "locality_routed": 1.0}
-        return {**routing._settings(variant), "operating_point": point, "curve": [], "fit_seconds": 0.0}
+        return {**routing._settings(variant, len(calibration)), "operating_point": point, "curve": [],
+                "fit_seconds": 0.0}
 
     monkeypatch.setattr(routing, "bench_variant", fake_variant)
     requests = [EditRequest(p, "X", s, (f"Say: {p}",), ("Unrelated?",)) for p, s in zip(PROMPTS, SUBJECTS)]
     setup = {"command": "first", "data": "toy"}
 
-    def run(names, command, stop_after=None, fresh=False):
+    def run(names, command, stop_after=None, fresh=False, calibration=()):
         def checkpoint(bench):
             routing.write_route_bench(tmp_path, "routing-toy-3", bench, {**setup, "command": command})
             if stop_after is not None and len(measured) == stop_after:
@@ -333,7 +333,8 @@ def test_route_bench_keeps_and_resumes_earlier_rows(tmp_path, monkeypatch):
 
         previous = routing.previous_variants(tmp_path, "routing-toy-3", "toy", 3)
         return routing.route_bench(requests, names, [], [], None, progress=False, previous=previous,
-                                   checkpoint=checkpoint, stamp={"command": command}, fresh=fresh)
+                                   checkpoint=checkpoint, stamp={"command": command}, fresh=fresh,
+                                   calibration=calibration)
 
     with pytest.raises(KeyboardInterrupt):
         run(["retrieval/hard", "nearest/hard"], "first", stop_after=1)
@@ -348,3 +349,9 @@ def test_route_bench_keeps_and_resumes_earlier_rows(tmp_path, monkeypatch):
     bench = run(["nearest/hard"], "third", fresh=True)  # measured again; the other row stays
     assert [v["command"] for v in bench["variants"].values()] == ["first", "third"] and len(measured) == 3
     assert "- `first`" in (tmp_path / "routing-toy-3.md").read_text()
+    # Retrieval routers calibrate on pairs: given more calibration-only pairs, their rows are measured again;
+    # the paper's gate calibrates on unrelated queries only, so its row stands.
+    run(["paper-gate/untuned"], "fourth")
+    bench = run(["paper-gate/untuned", "nearest/hard"], "fifth", calibration=[PseudoPair("Q of Ann?", "Ann's Q", "Ann")])
+    assert len(measured) == 5 and bench["variants"]["nearest/hard"]["calibration_only_pairs"] == 1
+    assert bench["variants"]["paper-gate/untuned"]["command"] == "fourth"

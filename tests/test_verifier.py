@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -10,7 +12,7 @@ from meg.config import MegConfig
 from meg.requests import EditRequest, NegativePair, PseudoPair
 from meg.routing import RetrievalConfig, RoutingData
 from meg.routing.retrieval import RetrievalRouter
-from meg.routing.verifier import SubjectVerifier, VerifierConfig, training_examples
+from meg.routing.verifier import SubjectVerifier, VerifierConfig, linked_templates, training_examples
 
 PAIRS = [PseudoPair("Where was Ada born?", "In which city was Ada born?", "Ada"),
          PseudoPair("The mother tongue of Bo Li is", "Bo Li's native language is", "Bo Li"),
@@ -30,6 +32,24 @@ def test_training_examples_pair_positives_both_ways_and_add_same_subject_negativ
     # Question-style pairs also get the shipped declarative templates with their own subject.
     assert ("Where was Ada born?", "The gender of Ada is") in negatives
     assert examples == training_examples(VerifierConfig(negatives_per_pair=2), PAIRS, NEGATIVES)  # seeded
+
+
+def test_templates_linked_by_a_pair_are_one_relation_and_never_each_others_negative():
+    reworded = [PseudoPair("The occupation of Ann Ito is", "The profession of Ann Ito is", "Ann Ito"),
+                PseudoPair("The profession of Bo Chen is", "Bo Chen works as a", "Bo Chen"),
+                PseudoPair("Cy Dorn was born in", "Cy Dorn's birthplace is", "Cy Dorn")]
+    relation = linked_templates(reworded)
+    assert relation["The occupation of {} is"] == relation["The profession of {} is"] == relation["{} works as a"]
+    assert relation["{} was born in"] != relation["The occupation of {} is"]
+    config = VerifierConfig(negatives_per_pair=50, shipped_negatives=0, link_templates=True)
+    negatives = {(a, b) for a, b, y in training_examples(config, reworded, []) if y == 0.0}
+    assert ("The occupation of Ann Ito is", "Cy Dorn was born in".replace("Cy Dorn", "Ann Ito")) in negatives
+    assert ("The occupation of Ann Ito is", "The profession of Ann Ito is") not in negatives
+    assert ("The profession of Bo Chen is", "The occupation of Bo Chen is") not in negatives
+    # Without linking (the default), another template is taken for another relation.
+    unlinked = {(a, b) for a, b, y in training_examples(replace(config, link_templates=False), reworded, [])
+                if y == 0.0}
+    assert ("The profession of Bo Chen is", "The occupation of Bo Chen is") in unlinked
 
 
 class FakeVerifier:

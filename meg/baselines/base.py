@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import asdict, fields, replace
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import torch
@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import PreTrainedTokenizerBase
 
+from meg.dict_io import DictIO
 from meg.errors import InputError
 from meg.methods.unedited import PlainLM
 from meg.prompts import AnswerBatch, LossTokens, PromptTemplate, pad_id
@@ -23,24 +24,14 @@ from meg.prompts import AnswerBatch, LossTokens, PromptTemplate, pad_id
 C = TypeVar("C", bound="BaselineConfig")
 
 
-class BaselineConfig:
-    """Mixin for a baseline's frozen config dataclass: one-line validation, to_dict / from_dict."""
+class BaselineConfig(DictIO):
+    """Mixin for a baseline's frozen config dataclass: one-line validation, to_dict / from_dict (DictIO)."""
 
     def _require(self, checks: dict[str, tuple[bool, str]]) -> None:
         """`checks`: field -> (ok, rule). The first failing field raises `<Class>.<field> must <rule>, got <v>`."""
         for name, (ok, rule) in checks.items():
             if not ok:
                 raise InputError(f"{type(self).__name__}.{name} must {rule}, got {getattr(self, name)!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)  # type: ignore[call-overload]
-
-    @classmethod
-    def from_dict(cls: type[C], data: dict[str, Any]) -> C:
-        unknown = set(data) - {f.name for f in fields(cls)}  # type: ignore[arg-type]
-        if unknown:
-            raise InputError(f"unknown {cls.__name__} fields: {', '.join(sorted(unknown))}")
-        return cls(**data)
 
 
 def resolve_config(kind: type[C], value: Any, presets: dict[str, C]) -> C:

@@ -106,10 +106,14 @@ def variant_configs(variant: RouterVariant) -> tuple[EncoderConfig, RetrievalCon
     return encoder, retrieval
 
 
-def _settings(variant: RouterVariant) -> dict[str, Any]:
-    """What a stored row must match to be reused: the definition and the settings it resolved to."""
+def _settings(variant: RouterVariant, calibration_pairs: int = 0) -> dict[str, Any]:
+    """What a stored row must match to be reused: the definition, the settings it resolved to and, for retrieval
+    routers (which calibrate on pairs), the number of calibration-only pairs."""
     encoder, retrieval = variant_configs(variant)
-    return {"variant": asdict(variant), "encoder": encoder.to_dict(), "retrieval": retrieval.to_dict()}
+    settings = {"variant": asdict(variant), "encoder": encoder.to_dict(), "retrieval": retrieval.to_dict()}
+    if variant.router == "retrieval":
+        settings["calibration_only_pairs"] = calibration_pairs
+    return settings
 
 
 @dataclass
@@ -192,11 +196,14 @@ def _measure(router, sets: QuerySets, embed, conflicting: torch.Tensor, facts: t
 
 
 def bench_variant(variant: RouterVariant, requests: Sequence[EditRequest], pairs: Sequence[PseudoPair],
-                  unrelated: Sequence[str], work: Path | None, progress: bool = True) -> dict[str, Any]:
-    """Fit one router variant on the edits (calibrating on `unrelated`) and score the three query sets."""
+                  unrelated: Sequence[str], work: Path | None, progress: bool = True,
+                  calibration: Sequence[PseudoPair] = ()) -> dict[str, Any]:
+    """Fit one router variant on the edits (calibrating on `unrelated`, the pairs held out of `pairs` and the
+    calibration-only pairs `calibration`) and score the three query sets."""
     encoder_config, retrieval = variant_configs(variant)
     start = time.perf_counter()
-    tune_pairs, calibration_pairs = split_pairs(pairs)
+    tune_pairs, held_out = split_pairs(pairs)
+    calibration_pairs = held_out + list(calibration)
     encoder, _ = tuned_encoder(encoder_config, tune_pairs, work, progress=progress)
     embed = lambda texts: encoder.encode(list(texts), progress=False)  # noqa: E731 (a one-line closure)
     edits = requests if variant.use_subjects else [replace(r, subject=None) for r in requests]
@@ -209,7 +216,7 @@ def bench_variant(variant: RouterVariant, requests: Sequence[EditRequest], pairs
     fit_seconds = time.perf_counter() - fit_start
     result = _measure(router, query_sets(requests), embed, conflicting_locality(requests), fact_groups(requests))
     calibration = {k: v for k, v in router.config_dict().items() if k != "training"}
-    return {**_settings(variant), **result, "calibration": calibration,
+    return {**_settings(variant, len(calibration)), **result, "calibration": calibration,
             "fit_seconds": round(fit_seconds, 2), "seconds": round(time.perf_counter() - start, 2)}
 
 
@@ -222,7 +229,8 @@ def route_bench(requests: Sequence[EditRequest], variants: Sequence[str], pairs:
                 unrelated: Sequence[str], work: Path | None, progress: bool = True,
                 previous: dict[str, Any] | None = None,
                 checkpoint: Callable[[dict[str, Any]], None] | None = None,
-                stamp: dict[str, Any] | None = None, fresh: bool = False) -> dict[str, Any]:
+                stamp: dict[str, Any] | None = None, fresh: bool = False,
+                calibration: Sequence[PseudoPair] = ()) -> dict[str, Any]:
     """Every variant on the same edits; requests lacking a paraphrase or an unrelated prompt are skipped.
 
     `previous` holds variant results of an earlier run on the same edits (a results file's "variants"): a
@@ -234,6 +242,7 @@ def route_bench(requests: Sequence[EditRequest], variants: Sequence[str], pairs:
     usable = usable_requests(requests)
     taken = {r.prompt for r in usable} | {r.paraphrases[0] for r in usable} | {r.unrelated[0] for r in usable}
     pairs = [p for p in pairs if p.question not in taken and p.paraphrase not in taken]
+    calibration = [p for p in calibration if p.question not in taken and p.paraphrase not in taken]
     unrelated = [q for q in unrelated if q not in taken]
     bench = {"n": len(usable), "pseudo_pairs": len(pairs), "calibration_queries": len(unrelated),
              "conflicting_locality": int(conflicting_locality(usable).sum()),
@@ -241,10 +250,10 @@ def route_bench(requests: Sequence[EditRequest], variants: Sequence[str], pairs:
              "variants": dict(previous or {})}
     for name in variants:
         done = bench["variants"].get(name)
-        settings = _settings(VARIANTS[name])
+        settings = _settings(VARIANTS[name], len(calibration))
         if not fresh and done is not None and all(done.get(k) == v for k, v in settings.items()):
             continue  # measured before with the same definition and settings (a resumed or extended run)
-        result = bench_variant(VARIANTS[name], usable, pairs, unrelated, work, progress)
+        result = bench_variant(VARIANTS[name], usable, pairs, unrelated, work, progress, calibration)
         bench["variants"][name] = {**result, **(stamp or {})}
         if checkpoint is not None:
             checkpoint(bench)
@@ -262,6 +271,12 @@ def previous_variants(out_dir: str | Path, name: str, data: str, n: int) -> dict
             if key in VARIANTS}
 
 
+def _calibration_pairs(result: dict[str, Any]) -> str:
+    """Held-out pairs a retrieval row was calibrated on ("-" for routers that calibrate on unrelated queries only)."""
+    count = result.get("calibration", {}).get("calibration", {}).get("paraphrase_pairs")
+    return "-" if count is None else str(count)
+
+
 def write_route_bench(out_dir: str | Path, name: str, bench: dict[str, Any], setup: dict[str, Any]) -> dict[str, Path]:
     rows = []
     for key, result in bench["variants"].items():
@@ -270,16 +285,20 @@ def write_route_bench(out_dir: str | Path, name: str, bench: dict[str, Any], set
         label = VARIANTS[key].label if key in VARIANTS else result["variant"]["label"]  # today's wording
         rows.append([key, label, f"{p['edit_own']:.1f}", f"{p['paraphrase_own']:.1f}",
                      *("-" if v is None else f"{v:.1f}" for v in optional[:1]), f"{p['locality_routed']:.1f}",
-                     *("-" if v is None else f"{v:.1f}" for v in optional[1:]), result["fit_seconds"]])
+                     *("-" if v is None else f"{v:.1f}" for v in optional[1:]), _calibration_pairs(result),
+                     result.get("measured", "-"), result["fit_seconds"]])
     table = markdown_table(["router", "setting", "edit prompts -> own edit %", "paraphrases -> own edit %",
-                            "paraphrases -> own fact %", "locality routed %", "clean locality routed %", "fit s"], rows)
+                            "paraphrases -> own fact %", "locality routed %", "clean locality routed %",
+                            "calibration pairs", "measured", "fit s"], rows)
     conflicting = bench.get("conflicting_locality", 0)
     commands = list(dict.fromkeys(r.get("command", setup["command"]) for r in bench["variants"].values()))
     measured_by = "".join(f"- `{c}`\n" for c in commands)
     header = (f"# Routing: {setup['data']} (N = {bench['n']})\n\nRows measured by (each row's command is in the "
               f"JSON):\n\n{measured_by}\n"
               f"Calibration: {bench['calibration_queries']} shipped unrelated queries, {bench['pseudo_pairs']} shipped "
-              f"pseudo pairs (disjoint from the test data); target unrelated routing rate 2%.\n\n"
+              f"pseudo pairs (the 10% not used for tuning are held out for calibration) and, in rows whose "
+              f"'calibration pairs' exceed those, the shipped calibration-only pairs; all disjoint from the test data; "
+              f"target unrelated routing rate 2%.\n\n"
               f"Conflicting locality prompts: {conflicting} of {bench['n']} ({100 * conflicting / bench['n']:.1f}%) ask "
               "about a fact the edit set itself changes (they repeat an edit prompt, or name an edited subject and "
               "expect that edit's true answer), so a correct router routes them; 'clean' leaves them out "

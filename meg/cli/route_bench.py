@@ -28,7 +28,7 @@ def command(
     import datetime
 
     from meg.benchmarks.routing import VARIANTS, previous_variants, route_bench, usable_requests, write_route_bench
-    from meg.data.defaults import default_pseudo_pairs, default_unrelated
+    from meg.data.defaults import default_calibration_pairs, default_pseudo_pairs, default_unrelated
     from meg.errors import InputError
     from meg.files import cache_dir
 
@@ -44,6 +44,6 @@ def command(
     stamp = {"command": setup["command"], "measured": datetime.date.today().isoformat()}
     bench = route_bench(dataset.requests, chosen, default_pseudo_pairs(), default_unrelated(), cache_dir() / "encoders",
                         previous=previous, checkpoint=lambda b: write_route_bench(out, stem, b, setup), stamp=stamp,
-                        fresh=fresh)
+                        fresh=fresh, calibration=default_calibration_pairs())
     paths = write_route_bench(out, stem, bench, setup)
     typer.echo(Path(paths["md"]).read_text())

@@ -2,6 +2,10 @@
 
 - pseudo_pairs.jsonl: (question, paraphrase) pairs for tuning the query encoder (paper stage 1). They come from
   CounterFact's train split and MEND's ZsRE train split only, so they never overlap a benchmark's edits.
+- calibration_pairs.jsonl: 3,000 more CounterFact-train (question, paraphrase) pairs, disjoint from the pseudo
+  pairs: used ONLY to calibrate the router's thresholds, never to tune. With the 300 pseudo pairs held out alone,
+  the threshold at 98% of pairs moved by whole points of recall from one pair to the next (docs/LOG.md,
+  2026-11-30, session 7).
 - same_subject_questions.jsonl: (question, other question about the same subject, subject) from KnowEdit's
   train splits (wiki_counterfact, wiki_recent): negatives for the routing verifier (meg/routing/verifier.py).
 - unrelated.jsonl: unrelated queries (CounterFact-train locality prompts, NQ questions) for gate calibration.
@@ -20,6 +24,7 @@ from meg.requests import (EditRequest, NegativePair, PseudoPair, load_edit_file,
                           load_pseudo_pairs, load_queries)
 
 PSEUDO_PAIRS_FILE = "pseudo_pairs.jsonl"
+CALIBRATION_PAIRS_FILE = "calibration_pairs.jsonl"
 UNRELATED_FILE = "unrelated.jsonl"
 SAME_SUBJECT_FILE = "same_subject_questions.jsonl"
 DEMO_COUNTERFACT_FILE = "demo_counterfact.jsonl"
@@ -33,6 +38,12 @@ def assets_dir() -> Path:
 def default_pseudo_pairs() -> list[PseudoPair]:
     """About 3,000 (question, paraphrase) pairs disjoint from the benchmark edit files."""
     return load_pseudo_pairs(assets_dir() / PSEUDO_PAIRS_FILE)
+
+
+def default_calibration_pairs() -> list[PseudoPair]:
+    """About 3,000 CounterFact-style (question, paraphrase) pairs for calibration only, disjoint from the pseudo
+    pairs and the benchmark edit files."""
+    return load_pseudo_pairs(assets_dir() / CALIBRATION_PAIRS_FILE)
 
 
 def default_negative_pairs() -> list[NegativePair]:
@@ -60,6 +71,7 @@ def demo_dataset():
 
 
 __all__ = [
+    "CALIBRATION_PAIRS_FILE",
     "DEMO_COUNTERFACT_FILE",
     "demo_dataset",
     "PSEUDO_PAIRS_FILE",
@@ -67,6 +79,7 @@ __all__ = [
     "default_negative_pairs",
     "UNRELATED_FILE",
     "assets_dir",
+    "default_calibration_pairs",
     "default_pseudo_pairs",
     "default_unrelated",
     "demo_requests",

@@ -13,15 +13,16 @@ through safetensors; the config round-trips through JSON (`save` / `load`).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from meg import __version__, files
+from meg.dict_io import DictIO
 from meg.diffusion import dit, mlp
 from meg.diffusion.schedule import NoiseSchedule, TimestepSpacing
 from meg.errors import InputError
@@ -36,7 +37,7 @@ GENERATOR_CONFIG = files.PACK_GENERATOR_CONFIG  # "generator_config.json"
 
 
 @dataclass(frozen=True)
-class GeneratorConfig:
+class GeneratorConfig(DictIO):
     """Everything that defines a generator and its training. Defaults: the paper's stage-4 setting, with the
     "small" preset (the paper's own size is preset "paper")."""
 
@@ -104,16 +105,6 @@ class GeneratorConfig:
         for name, (ok, valid) in checks.items():
             if not ok:
                 raise InputError(f"GeneratorConfig.{name} = {getattr(self, name)!r} is invalid; must be {valid}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> GeneratorConfig:
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise InputError(f"unknown GeneratorConfig fields: {', '.join(sorted(unknown))}")
-        return cls(**data)
 
     def schedule(self) -> NoiseSchedule:
         return NoiseSchedule(self.num_train_timesteps, self.beta_start, self.beta_end, self.timestep_spacing)

@@ -45,13 +45,15 @@ class EditContext:
     """Everything a method may use besides the edits themselves.
 
     `pseudo_pairs` and `unrelated` come from data disjoint from the edits (the paper's pseudo-edit set and
-    unrelated queries); `work_dir` holds resumable intermediate files; `config` is the method's own settings
-    object (None = its defaults).
+    unrelated queries); `calibration_pairs` are more such pairs used only to calibrate a router (None = the
+    shipped ones); `work_dir` holds resumable intermediate files; `config` is the method's own settings object
+    (None = its defaults).
     """
 
     template: PromptTemplate = field(default_factory=PromptTemplate)
     pseudo_pairs: Sequence[PseudoPair] = ()
     unrelated: Sequence[str] = ()
+    calibration_pairs: Sequence[PseudoPair] | None = None
     work_dir: Path | None = None
     config: Any = None
     layer: int | None = None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from torch import nn
@@ -54,13 +54,16 @@ def apply_meg(
 ) -> EditedModel:
     """Run the four MeG stages (or reuse the work directory's pack) and apply the pack to `model`."""
     config = meg_config(context)
-    key = digest(config.to_dict(), context.template.text, [r.to_json() for r in requests])
+    # The pairs and queries calibrate the router: a pack fitted on other ones is not reused.
+    data = [[asdict(p) for p in context.pseudo_pairs], list(context.unrelated),
+            None if context.calibration_pairs is None else [asdict(p) for p in context.calibration_pairs]]
+    key = digest(config.to_dict(), context.template.text, [r.to_json() for r in requests], data)
     pack_dir = Path(context.work_dir) / f"pack-{key}" if context.work_dir else None
     pack = _reusable(pack_dir, config, requests, context) if pack_dir else None
     if pack is None:
         editor = MegEditor(model, tokenizer, config, context.template)
         pack = editor.fit(requests, context.pseudo_pairs or None, context.unrelated or None, context.work_dir,
-                          context.progress)
+                          context.progress, calibration_pairs=context.calibration_pairs)
         if pack_dir:
             pack.save(pack_dir, overwrite=True)
     return EditedModel(model, tokenizer, pack)

@@ -33,12 +33,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 
 from meg import files
+from meg.dict_io import DictIO
 from meg.errors import InputError
 from meg.routing.base import Routes, RoutingData
 from meg.routing.subjects import SubjectIndex, focus, infer_subject, without_subject
@@ -48,7 +49,7 @@ Encode = Callable[[Sequence[str]], torch.Tensor]
 
 
 @dataclass(frozen=True)
-class RetrievalConfig:
+class RetrievalConfig(DictIO):
     """Settings of the subject-verified retrieval router (thresholds None = calibrate)."""
 
     target_unrelated_rate: float = 0.02
@@ -86,16 +87,6 @@ class RetrievalConfig:
             value = getattr(self, name)
             if value is not None and not -1 <= value <= 1:
                 raise InputError(f"RetrievalConfig.{name} must be a cosine in [-1, 1] or None, got {value}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RetrievalConfig:
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise InputError(f"unknown RetrievalConfig fields: {', '.join(sorted(unknown))}")
-        return cls(**data)
 
 
 def conformal_threshold(scores: torch.Tensor, rate: float) -> float:
@@ -289,10 +280,15 @@ class RetrievalRouter:
             return self.config.subject_threshold, 0, 0
         pairs = [p for p in data.pseudo_pairs if p.subject and p.subject.lower() in p.question.lower()
                  and p.subject.lower() in p.paraphrase.lower()]
+        total = len(pairs)
         if len(pairs) < 20 or self.encode is None:
             raise InputError(f"retrieval router: calibrating the subject threshold needs >= 20 held-out pseudo pairs "
                              f"with a subject, got {len(pairs)}; give pairs with subjects or a fixed subject_threshold")
         questions = self.encode([p.question for p in pairs])  # (P, C)
+        edits = self.edit_embeddings[self.index.indexed] if len(self.index.indexed) else self.edit_embeddings
+        weights = self._pair_weights(edits, questions)
+        used = weights > 0  # zero-weight pairs do not move the quantile: score only the others
+        pairs, questions, weights = [p for p, u in zip(pairs, used.tolist()) if u], questions[used], weights[used]
         texts = [focus(p.paraphrase, p.subject) if self.config.focus else p.paraphrase for p in pairs]
         sims = torch.zeros(len(pairs), dtype=torch.float64)  # (P,) cosines, unless the verifier alone decides
         if self.verifier is None or self.config.verifier_weight < 1:
@@ -302,15 +298,13 @@ class RetrievalRouter:
                 masked_q = self.encode([without_subject(p.question, p.subject) for p in pairs])
                 masked_p = self.encode([without_subject(t, p.subject) for t, p in zip(texts, pairs)])
                 sims = (1 - weight) * sims + weight * (masked_q * masked_p).sum(dim=1).double()
-        edits = self.edit_embeddings[self.index.indexed] if len(self.index.indexed) else self.edit_embeddings
-        weights = self._pair_weights(edits, questions)
         if self.verifier is not None:  # the subject threshold applies to the verifier's probability (or blend)
             verdict = self.verifier.score([p.question for p in pairs], texts).double()  # (P,)
             if self.config.verifier_weight < 1:
                 self.reference = {**_reference("cosine", sims, weights), **_reference("verifier", verdict, weights)}
             sims = self._blend(sims, verdict)
         threshold = weighted_quantile(sims, weights, 1 - self.config.paraphrase_recall)
-        return threshold, len(pairs), int((weights > 0).sum()) if self.config.matched_calibration else 0
+        return threshold, total, len(pairs) if self.config.matched_calibration else 0
 
     def _pair_weights(self, edits: torch.Tensor, questions: torch.Tensor) -> torch.Tensor:
         """(P,) weight of each held-out pair: with `matched_calibration` the number of `edits` (E, C) whose nearest
@@ -326,8 +320,11 @@ class RetrievalRouter:
         if not pairs or self.encode is None:
             return -1.0
         questions = self.encode([p.question for p in pairs])  # (P, C)
-        sims = (self.encode([p.paraphrase for p in pairs]) * questions).sum(dim=1).double()  # (P,)
         weights = self._pair_weights(self.edit_embeddings[self.free_edits], questions)
+        used = weights > 0
+        paraphrases = self.encode([p.paraphrase for p, u in zip(pairs, used.tolist()) if u])
+        sims = (paraphrases * questions[used]).sum(dim=1).double()  # (P',)
+        weights = weights[used]
         return weighted_quantile(sims, weights, 1 - self.config.paraphrase_recall)
 
     def _calibrate_free(self, data: RoutingData) -> tuple[float, float, float | None]:
