@@ -218,6 +218,17 @@ def test_matched_calibration_uses_the_pairs_nearest_to_the_edits():
     assert uniform.thresholds["subject"] < 0.6 < matched
     assert uniform.calibration["pairs_nearest_to_edits"] == 0
 
+    # Edits asked as questions are matched to question pairs only, however close the other pairs' embeddings:
+    # the loose pairs are prompts to complete, the close ones questions, the edits questions in the loose style.
+    pairs = [PseudoPair(f"{k} {i} S{i} q" + ("?" if k == "close" else ""), f"{k} {i} S{i} para", f"S{i}")
+             for i in range(60) for k in (["loose"] if i < 40 else ["close"])]
+    prompts = [f"loose {100 + i} E{i} q?" for i in range(5)]
+    data = RoutingData(prompts, encode(prompts), [f"E{i}" for i in range(5)], [], torch.zeros(0, dim), pairs,
+                       extra={"encode": encode})
+    by_form = RetrievalRouter.fit(data, MegConfig(retrieval=COSINE)).thresholds["subject"]
+    by_embedding = RetrievalRouter.fit(data, MegConfig(retrieval=replace(COSINE, match_form=False)))
+    assert by_embedding.thresholds["subject"] < 0.6 < by_form
+
 
 def test_too_few_pairs_to_calibrate_is_one_line():
     encode = fake_encoder()
