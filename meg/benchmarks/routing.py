@@ -98,10 +98,6 @@ VARIANTS: dict[str, RouterVariant] = {
                                        "ranks among the held-out pairs", "retrieval", encoder_config=_HARD,
                                        retrieval_config={**_COSINE, "verifier": {}, "paraphrase_recall": 0.98,
                                                          "verifier_weight": 0.5}),
-    "retrieval/blend70": RouterVariant("retrieval/verifier98 scoring 0.7 x the verifier's rank + 0.3 x the cosine's "
-                                       "rank among the held-out pairs", "retrieval", encoder_config=_HARD,
-                                       retrieval_config={**_COSINE, "verifier": {}, "paraphrase_recall": 0.98,
-                                                         "verifier_weight": 0.7}),
 }
 
 
