@@ -97,20 +97,19 @@ def build(data: Path, out: Path, cf_pairs: int, per_source_unrelated: int, demo:
     cf_train = load_dataset(data / CF_TRAIN).requests
     mend = mend_rows(data)
     # Subjects ride along (not checked for overlap): encoder tuning swaps them to build hard negatives.
-    pairs = take(((r.prompt, r.paraphrases[0], r.subject) for r in cf_train if r.paraphrases), cf_pairs, excluded, 2)
+    cf_rows = [(r.prompt, r.paraphrases[0], r.subject) for r in cf_train if r.paraphrases]
+    pairs = take(cf_rows, cf_pairs, excluded, 2)
     pairs += take(((q, p, s) for q, p, _, s in mend), len(mend), excluded, 2)
     # Calibration only (never tuned on): the next CounterFact-train pairs, disjoint from the pseudo pairs.
     used = excluded | {key(x) for q, p, _ in pairs for x in (q, p)}
-    calibration_pairs = take(((r.prompt, r.paraphrases[0], r.subject) for r in cf_train if r.paraphrases),
-                             calibration, used, 2)
+    calibration_pairs = take(cf_rows, calibration, used, 2)
     unrelated = take(((u,) for r in cf_train for u in r.unrelated), per_source_unrelated, excluded)
     unrelated += take(((nq,) for _, _, nq, _ in mend), per_source_unrelated, excluded)
     # Only the other question is checked against the benchmarks: the edit prompt is the verifier's reference side.
     negatives = take(((o, q, s) for q, o, s in same_subject_rows(data)), same_subject, excluded, 1)
     atomic_write_text(out / SAME_SUBJECT_FILE, jsonl({"question": q, "other": o, "subject": s} for o, q, s in negatives))
-    atomic_write_text(out / PSEUDO_PAIRS_FILE, jsonl({"question": q, "paraphrase": p, "subject": s} for q, p, s in pairs))
-    atomic_write_text(out / CALIBRATION_PAIRS_FILE,
-                      jsonl({"question": q, "paraphrase": p, "subject": s} for q, p, s in calibration_pairs))
+    for name, rows in ((PSEUDO_PAIRS_FILE, pairs), (CALIBRATION_PAIRS_FILE, calibration_pairs)):
+        atomic_write_text(out / name, jsonl({"question": q, "paraphrase": p, "subject": s} for q, p, s in rows))
     atomic_write_text(out / UNRELATED_FILE, jsonl({"prompt": u} for (u,) in unrelated))
     write_edit_file(load_dataset(data / CF_VAL).requests[:demo], out / DEMO_COUNTERFACT_FILE)
     return {PSEUDO_PAIRS_FILE: len(pairs), CALIBRATION_PAIRS_FILE: len(calibration_pairs),

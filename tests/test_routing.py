@@ -208,25 +208,25 @@ def test_matched_calibration_uses_the_pairs_nearest_to_the_edits():
             rows.append(table[text])
         return torch.stack(rows)
 
-    pairs = [PseudoPair(f"{k} {i} S{i} q", f"{k} {i} S{i} para", f"S{i}") for i in range(60)
-             for k in (["loose"] if i < 40 else ["close"])]
-    prompts = [f"close {100 + i} E{i} q" for i in range(5)]
-    data = RoutingData(prompts, encode(prompts), [f"E{i}" for i in range(5)], [], torch.zeros(0, dim), pairs,
-                       extra={"encode": encode})
-    matched = RetrievalRouter.fit(data, MegConfig(retrieval=COSINE)).thresholds["subject"]
-    uniform = RetrievalRouter.fit(data, MegConfig(retrieval=replace(COSINE, matched_calibration=False)))
+    def fit(close_mark: str, prompts: list[str], **settings) -> RetrievalRouter:
+        """40 loose and 20 close pairs (the close questions end with `close_mark`), fitted on `prompts`."""
+        pairs = [PseudoPair(f"{k} {i} S{i} q" + (close_mark if k == "close" else ""), f"{k} {i} S{i} para", f"S{i}")
+                 for i in range(60) for k in (["loose"] if i < 40 else ["close"])]
+        data = RoutingData(prompts, encode(prompts), [f"E{i}" for i in range(len(prompts))], [],
+                           torch.zeros(0, dim), pairs, extra={"encode": encode})
+        return RetrievalRouter.fit(data, MegConfig(retrieval=replace(COSINE, **settings)))
+
+    close_edits = [f"close {100 + i} E{i} q" for i in range(5)]
+    matched = fit("", close_edits).thresholds["subject"]
+    uniform = fit("", close_edits, matched_calibration=False)
     assert uniform.thresholds["subject"] < 0.6 < matched
     assert uniform.calibration["pairs_nearest_to_edits"] == 0
 
     # Edits asked as questions are matched to question pairs only, however close the other pairs' embeddings:
     # the loose pairs are prompts to complete, the close ones questions, the edits questions in the loose style.
-    pairs = [PseudoPair(f"{k} {i} S{i} q" + ("?" if k == "close" else ""), f"{k} {i} S{i} para", f"S{i}")
-             for i in range(60) for k in (["loose"] if i < 40 else ["close"])]
-    prompts = [f"loose {100 + i} E{i} q?" for i in range(5)]
-    data = RoutingData(prompts, encode(prompts), [f"E{i}" for i in range(5)], [], torch.zeros(0, dim), pairs,
-                       extra={"encode": encode})
-    by_form = RetrievalRouter.fit(data, MegConfig(retrieval=COSINE)).thresholds["subject"]
-    by_embedding = RetrievalRouter.fit(data, MegConfig(retrieval=replace(COSINE, match_form=False)))
+    question_edits = [f"loose {100 + i} E{i} q?" for i in range(5)]
+    by_form = fit("?", question_edits).thresholds["subject"]
+    by_embedding = fit("?", question_edits, match_form=False)
     assert by_embedding.thresholds["subject"] < 0.6 < by_form
 
 

@@ -220,8 +220,8 @@ def bench_variant(variant: RouterVariant, requests: Sequence[EditRequest], pairs
     router = router_class(variant.router).fit(data, config, progress=progress)
     fit_seconds = time.perf_counter() - fit_start
     result = _measure(router, query_sets(requests), embed, conflicting_locality(requests), fact_groups(requests))
-    record = {k: v for k, v in router.config_dict().items() if k != "training"}
-    training = router.config_dict().get("training")  # the paper gate's log: epochs, final loss, accuracy
+    record = router.config_dict()
+    training = record.pop("training", None)  # the paper gate's log: epochs, final loss, accuracy, and losses
     if training:
         record["training"] = {k: v for k, v in training.items() if k != "losses"}
     return {**_settings(variant, len(calibration)), **result, "calibration": record,

@@ -160,6 +160,7 @@ class RetrievalRouter:
         self.calibration = calibration or {}
         self._masked_edits: torch.Tensor | None = None  # (N, C) edit prompts without their subject, on first use
         self.reference: dict[str, torch.Tensor] = {}  # held-out pair scores for `verifier_weight` < 1
+        self._pair_questions: torch.Tensor | None = None  # (P, C) while fitting: both calibrations use them
 
     def _masked_weight(self) -> float:
         return self.config.masked_weight if self.encode is not None else 0.0  # masking needs the encoder
@@ -274,8 +275,11 @@ class RetrievalRouter:
                                                       default_negative_pairs(), data.extra.get("work"), progress)
         router = cls(meg_config.retrieval, data.edit_embeddings, data.subjects, data.edit_queries,
                      {"subject": _CLOSED, "free": _CLOSED}, encode=encode, verifier=verifier)
-        router.thresholds["subject"], pairs, matched = router._calibrate_subject(data)
-        router.thresholds["free"], achieved, floor = router._calibrate_free(data)
+        try:
+            router.thresholds["subject"], pairs, matched = router._calibrate_subject(data)
+            router.thresholds["free"], achieved, floor = router._calibrate_free(data)
+        finally:
+            router._pair_questions = None
         router.calibration = {"paraphrase_pairs": pairs, "pairs_nearest_to_edits": matched,
                               "unrelated_queries": len(data.unrelated_queries), "free_floor": floor,
                               "achieved_unrelated_rate": achieved, "subject_edits": len(router.index),
@@ -289,13 +293,13 @@ class RetrievalRouter:
         are some edit's nearest)."""
         if self.config.subject_threshold is not None:
             return self.config.subject_threshold, 0, 0
-        pairs = [p for p in data.pseudo_pairs if p.subject and p.subject.lower() in p.question.lower()
-                 and p.subject.lower() in p.paraphrase.lower()]
-        total = len(pairs)
+        rows = [i for i, p in enumerate(data.pseudo_pairs) if p.subject and p.subject.lower() in p.question.lower()
+                and p.subject.lower() in p.paraphrase.lower()]
+        pairs, total = [data.pseudo_pairs[i] for i in rows], len(rows)
         if len(pairs) < 20 or self.encode is None:
             raise InputError(f"retrieval router: calibrating the subject threshold needs >= 20 held-out pseudo pairs "
                              f"with a subject, got {len(pairs)}; give pairs with subjects or a fixed subject_threshold")
-        questions = self.encode([p.question for p in pairs])  # (P, C)
+        questions = self._questions(data)[rows]  # (P, C)
         edits = torch.as_tensor(self.index.indexed) if len(self.index.indexed) else torch.arange(len(self.prompts))
         weights = self._pair_weights(edits, questions, [p.question for p in pairs])
         used = weights > 0  # zero-weight pairs do not move the quantile: score only the others
@@ -333,12 +337,18 @@ class RetrievalRouter:
         nearest = sims.argmax(dim=1)  # (E,) nearest pair per edit
         return torch.bincount(nearest, minlength=len(questions)).double()
 
+    def _questions(self, data: RoutingData) -> torch.Tensor:
+        """(P, C) embeddings of every held-out pair's question, encoded once per fit."""
+        if self._pair_questions is None:
+            self._pair_questions = self.encode([p.question for p in data.pseudo_pairs])
+        return self._pair_questions
+
     def _pair_floor(self, data: RoutingData) -> float:
         """Whole-query cosine keeping `paraphrase_recall` of the held-out pairs (matched to the free edits)."""
         pairs = list(data.pseudo_pairs)
         if not pairs or self.encode is None:
             return -1.0
-        questions = self.encode([p.question for p in pairs])  # (P, C)
+        questions = self._questions(data)  # (P, C)
         weights = self._pair_weights(self.free_edits, questions, [p.question for p in pairs])
         used = weights > 0
         paraphrases = self.encode([p.paraphrase for p, u in zip(pairs, used.tolist()) if u])
