@@ -45,6 +45,7 @@ BENCH_RESULT = "bench_result.json"  # one method's finished row of `meg bench`
 LOCATE_TARGETS = "locate-targets-{key}.safetensors"  # MEMIT / AlphaEdit step-1 target values, keyed by inputs
 TUNED_ENCODER = "encoder-{key}.safetensors"  # a tuned encoder layer in a work directory, keyed by inputs
 TRAINED_VERIFIER = "verifier-{key}.safetensors"  # the routing verifier's trained layers, keyed by inputs
+GATE_TRAINING = "gate-training-{key}.safetensors"  # the familiarity gate's training state (resumable), keyed by inputs
 
 
 def cache_dir() -> Path:

@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -29,6 +30,7 @@ from tqdm.auto import tqdm
 
 from meg.dict_io import DictIO
 from meg.errors import InputError
+from meg.training_state import load_training_state, save_training_state, training_meta
 
 
 @dataclass
@@ -134,7 +136,8 @@ class GateLog:
     final_loss: float = float("nan")
     train_accuracy: float = float("nan")
     stopped_early: bool = False
-    seconds: float = 0.0
+    seconds: float = 0.0  # including the time of the runs it resumed
+    resumed_from_epoch: int = 0
     losses: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -169,9 +172,15 @@ def _shared_by_duplicates(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
 
 
 def train_gate(
-    edit_embeddings: torch.Tensor, config: GateConfig | None = None, progress: bool = True
+    edit_embeddings: torch.Tensor, config: GateConfig | None = None, progress: bool = True,
+    checkpoint: str | Path | None = None, save_every: int = 20,
 ) -> tuple[FamiliarityGate, GateLog]:
-    """Train a gate to memorise random labels of the edit queries' embeddings (N, d); returns it in eval mode."""
+    """Train a gate to memorise random labels of the edit queries' embeddings (N, d); returns it in eval mode.
+
+    With `checkpoint`, the training state is saved there every `save_every` epochs and when training ends, and a
+    state found there is continued: an interrupted run resumes, a finished one is loaded, and a run capped at
+    fewer epochs is extended, each giving the gate an uninterrupted run would. The caller keys the path by the
+    embeddings and `training_settings`; a stored state with more epochs than `max_epochs` is left alone and not used."""
     config = config or GateConfig()
     if edit_embeddings.ndim != 2 or len(edit_embeddings) == 0:
         shape = tuple(edit_embeddings.shape)
@@ -179,24 +188,49 @@ def train_gate(
     x = edit_embeddings.detach().float()
     labels = _shared_by_duplicates(x, random_labels(len(x), config)).to(x.device)
     log = GateLog(edits=len(x))
-    start = time.perf_counter()
+    start, before = time.perf_counter(), 0.0
     with _seeded(config.seed, x.device):
         gate = FamiliarityGate(x.shape[1], config).to(x.device)
         optimizer = torch.optim.AdamW(gate.parameters(), lr=config.lr)
-        batch_gen = torch.Generator().manual_seed(config.seed + 1)
-        bar = tqdm(range(config.max_epochs), desc="train gate", unit="epoch", disable=not progress)
-        for _ in bar:
-            loss = _epoch(gate, optimizer, x, labels, config.batch_size, batch_gen)
+        rngs = {"batches": torch.Generator().manual_seed(config.seed + 1)}
+        path = Path(checkpoint) if checkpoint else None
+        if path and path.is_file():
+            path, before = _resume(path, gate, optimizer, rngs, config, log)
+        stopped = bool(log.losses) and log.losses[-1] < config.stop_loss  # a finished state was loaded
+        bar = tqdm(range(len(log.losses), len(log.losses) if stopped else config.max_epochs), desc="train gate",
+                   unit="epoch", disable=not progress, initial=len(log.losses), total=config.max_epochs)
+        for epoch in bar:
+            loss = _epoch(gate, optimizer, x, labels, config.batch_size, rngs["batches"])
             log.losses.append(loss)
             bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-            if loss < config.stop_loss:
-                log.stopped_early = True
+            stopped = loss < config.stop_loss
+            if path and (stopped or (epoch + 1) % save_every == 0 or epoch + 1 == config.max_epochs):
+                seconds = before + time.perf_counter() - start
+                save_training_state(path, gate, optimizer, rngs, {"losses": log.losses, "seconds": seconds})
+            if stopped:
                 break
     gate.eval()
-    log.epochs, log.final_loss, log.seconds = len(log.losses), log.losses[-1], time.perf_counter() - start
+    log.stopped_early = stopped
+    log.epochs, log.final_loss, log.seconds = len(log.losses), log.losses[-1], before + time.perf_counter() - start
     with torch.no_grad():
         log.train_accuracy = (gate(x).argmax(dim=-1) == labels).float().mean().item()
     return gate, log
+
+
+def training_settings(config: GateConfig) -> dict[str, Any]:
+    """The settings a gate's training depends on, for keying its checkpoint (with the embeddings): all but
+    `max_epochs` (a longer run continues a shorter one) and the epsilon settings (used after training)."""
+    return {k: v for k, v in config.to_dict().items() if k not in ("max_epochs", "epsilon", "target_unrelated_rate")}
+
+
+def _resume(path: Path, gate: FamiliarityGate, optimizer, rngs: dict, config: GateConfig,
+            log: GateLog) -> tuple[Path | None, float]:
+    """Load a stored training state into gate/optimizer/rngs/log; (checkpoint path to keep using, seconds spent)."""
+    if len(training_meta(path)["losses"]) > config.max_epochs:
+        return None, 0.0  # trained further than asked: not this run's state, and not ours to overwrite
+    meta = load_training_state(path, gate, optimizer, rngs)
+    log.losses, log.resumed_from_epoch = list(meta["losses"]), len(meta["losses"])
+    return path, float(meta["seconds"])
 
 
 def _epoch(gate: FamiliarityGate, optimizer, x: torch.Tensor, labels: torch.Tensor, batch_size, generator) -> float:
@@ -282,4 +316,5 @@ __all__ = [
     "choose_epsilon",
     "random_labels",
     "train_gate",
+    "training_settings",
 ]

@@ -18,6 +18,7 @@ from meg.diffusion.generator import GeneratorConfig, WeightGenerator
 from meg.diffusion.train import train_generator
 from meg.encoder import EncoderConfig, QueryEncoder
 from meg.errors import InputError
+from meg.gate import FamiliarityGate, GateConfig, GateLog, train_gate, training_settings
 from meg.requests import PseudoPair
 
 
@@ -72,6 +73,16 @@ def trained_verifier(config, pairs: Sequence[PseudoPair], negatives: Sequence, w
     if work:
         files.save_tensors(work / name, verifier.tuned_state())
     return verifier, log
+
+
+def trained_gate(config: GateConfig, edit_embeddings: torch.Tensor, work: Path | None,
+                 progress: bool = True) -> tuple[FamiliarityGate, GateLog]:
+    """The familiarity gate (paper stage 2) trained on `edit_embeddings`; with `work`, its training state is kept
+    there, so an interrupted run resumes and a longer `max_epochs` continues a shorter run (at 10,000 edits the
+    gate trains for hours on a CPU)."""
+    key = digest(training_settings(config), edit_embeddings.detach().float())
+    checkpoint = work / files.GATE_TRAINING.format(key=key) if work else None
+    return train_gate(edit_embeddings, config, progress=progress, checkpoint=checkpoint)
 
 
 def trained_generator(config: GeneratorConfig, vectors: torch.Tensor, conds: torch.Tensor,

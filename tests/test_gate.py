@@ -149,3 +149,51 @@ def test_duplicate_queries_share_one_label_and_training_converges():
     assert torch.equal(labels[40:], labels[:10])
     _, log = train_gate(doubled, config, progress=False)
     assert log.stopped_early and log.train_accuracy == 1.0
+
+
+def _same_gate(a: FamiliarityGate, b: FamiliarityGate) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_interrupted_training_resumes_to_the_uninterrupted_gate(tmp_path):
+    """A run stopped after 3 epochs (here: capped) and continued to 7 equals a straight run of 7, tensor for
+    tensor: the checkpoint holds the weights, the AdamW moments, the batch order and the dropout generator."""
+    edits, path = _unit(30, seed=4), tmp_path / "gate-training.safetensors"
+    straight, straight_log = train_gate(edits, GateConfig(max_epochs=7, seed=5), progress=False)
+    train_gate(edits, GateConfig(max_epochs=3, seed=5), progress=False, checkpoint=path, save_every=2)
+    resumed, log = train_gate(edits, GateConfig(max_epochs=7, seed=5), progress=False, checkpoint=path, save_every=2)
+    assert log.resumed_from_epoch == 3 and log.losses == straight_log.losses and log.epochs == 7
+    assert _same_gate(resumed, straight)
+    again, again_log = train_gate(edits, GateConfig(max_epochs=7, seed=5), progress=False, checkpoint=path)
+    assert again_log.resumed_from_epoch == 7 and again_log.losses == straight_log.losses and _same_gate(again, straight)
+
+
+def test_a_finished_checkpoint_is_loaded_and_a_longer_one_is_left_alone(tmp_path):
+    edits, path = _unit(20, seed=6), tmp_path / "gate-training.safetensors"
+    config = GateConfig(max_epochs=400, seed=2)
+    first, first_log = train_gate(edits, config, progress=False, checkpoint=path)
+    assert first_log.stopped_early and first_log.epochs < 400
+    loaded, log = train_gate(edits, config, progress=False, checkpoint=path)
+    assert log.stopped_early and log.resumed_from_epoch == first_log.epochs and _same_gate(loaded, first)
+    stamp = path.stat().st_mtime_ns
+    short, short_log = train_gate(edits, GateConfig(max_epochs=2, seed=2), progress=False, checkpoint=path)
+    assert short_log.resumed_from_epoch == 0 and short_log.epochs == 2 and path.stat().st_mtime_ns == stamp
+
+
+def test_trained_gate_keys_its_checkpoint_by_inputs(tmp_path):
+    from meg.stages import trained_gate
+
+    edits = _unit(20, seed=8)
+    trained_gate(GateConfig(max_epochs=2, seed=1), edits, tmp_path, progress=False)
+    trained_gate(GateConfig(max_epochs=4, seed=1, epsilon=0.3), edits, tmp_path, progress=False)  # continues
+    trained_gate(GateConfig(max_epochs=2, seed=2), edits, tmp_path, progress=False)  # another seed: another file
+    assert len(list(tmp_path.glob("gate-training-*.safetensors"))) == 2
+    _, log = trained_gate(GateConfig(max_epochs=4, seed=1), edits, tmp_path, progress=False)
+    assert log.resumed_from_epoch == 4
+
+
+def test_a_file_that_is_not_a_training_checkpoint_is_refused(tmp_path):
+    path = tmp_path / "gate-training.safetensors"
+    save_tensors(path, {"x": torch.zeros(1)})
+    with pytest.raises(InputError, match="not a training checkpoint"):
+        train_gate(_unit(10, seed=0), GateConfig(max_epochs=2), progress=False, checkpoint=path)

@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from meg import files
-from meg.gate import Calibration, FamiliarityGate, GateConfig, choose_epsilon, train_gate
+from meg.gate import Calibration, FamiliarityGate, GateConfig, choose_epsilon
 from meg.routing.base import Routes, RoutingData, nearest_edit
+from meg.stages import trained_gate
 
 if TYPE_CHECKING:
     from meg.config import MegConfig
@@ -36,7 +37,7 @@ class PaperGateRouter:
     def fit(cls, data: RoutingData, meg_config: MegConfig, progress: bool = True) -> PaperGateRouter:
         """Train the gate on the edit embeddings; fix or calibrate epsilon (`meg_config.gate`)."""
         config = meg_config.gate
-        gate, log = train_gate(data.edit_embeddings, config, progress=progress)
+        gate, log = trained_gate(config, data.edit_embeddings, data.extra.get("work"), progress=progress)
         unrelated = gate.entropy(data.unrelated_embeddings) if len(data.unrelated_embeddings) else None
         router = cls(gate, config, choose_epsilon(config, unrelated), data.edit_embeddings)
         router.log = log.to_dict()
