@@ -46,6 +46,8 @@ LOCATE_TARGETS = "locate-targets-{key}.safetensors"  # MEMIT / AlphaEdit step-1 
 TUNED_ENCODER = "encoder-{key}.safetensors"  # a tuned encoder layer in a work directory, keyed by inputs
 TRAINED_VERIFIER = "verifier-{key}.safetensors"  # the routing verifier's trained layers, keyed by inputs
 GATE_TRAINING = "gate-training-{key}.safetensors"  # the familiarity gate's training state (resumable), keyed by inputs
+TRAINED_GENERATOR = "generator-{key}"  # a finished generator (a directory as in a pack), keyed by inputs
+GENERATOR_TRAINING = "generator-training-{key}.safetensors"  # an unfinished generator's training state, keyed by inputs
 
 
 def cache_dir() -> Path:

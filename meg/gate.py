@@ -206,7 +206,7 @@ def train_gate(
             stopped = loss < config.stop_loss
             if path and (stopped or (epoch + 1) % save_every == 0 or epoch + 1 == config.max_epochs):
                 seconds = before + time.perf_counter() - start
-                save_training_state(path, gate, optimizer, rngs, {"losses": log.losses, "seconds": seconds})
+                save_training_state(path, {"gate": gate}, optimizer, rngs, {"losses": log.losses, "seconds": seconds})
             if stopped:
                 break
     gate.eval()
@@ -228,7 +228,7 @@ def _resume(path: Path, gate: FamiliarityGate, optimizer, rngs: dict, config: Ga
     """Load a stored training state into gate/optimizer/rngs/log; (checkpoint path to keep using, seconds spent)."""
     if len(training_meta(path)["losses"]) > config.max_epochs:
         return None, 0.0  # trained further than asked: not this run's state, and not ours to overwrite
-    meta = load_training_state(path, gate, optimizer, rngs)
+    meta, _ = load_training_state(path, {"gate": gate}, optimizer, rngs)
     log.losses, log.resumed_from_epoch = list(meta["losses"]), len(meta["losses"])
     return path, float(meta["seconds"])
 

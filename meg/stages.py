@@ -88,12 +88,16 @@ def trained_gate(config: GateConfig, edit_embeddings: torch.Tensor, work: Path |
 def trained_generator(config: GeneratorConfig, vectors: torch.Tensor, conds: torch.Tensor,
                       zero_conds: torch.Tensor | None, work: Path | None, device: str | torch.device = "cpu",
                       progress: bool = True) -> tuple[WeightGenerator, dict]:
-    """A diffusion generator trained on (conds -> vectors) (paper stage 4), or the one stored in `work`."""
+    """A diffusion generator trained on (conds -> vectors) (paper stage 4), or the one stored in `work`; an
+    interrupted training continues from its state saved in `work` at the last evaluation."""
     key = digest(config.to_dict(), vectors, conds, zero_conds if zero_conds is not None else 0)
-    cached = work / f"generator-{key}" if work else None
+    cached = work / files.TRAINED_GENERATOR.format(key=key) if work else None
     if cached and (cached / files.PACK_GENERATOR).is_file():
         return WeightGenerator.load(cached, device=device), {"resumed_from": cached.name}
-    generator, log = train_generator(vectors, conds, config, zero_conds=zero_conds, progress=progress)
+    checkpoint = work / files.GENERATOR_TRAINING.format(key=key) if work else None
+    generator, log = train_generator(vectors, conds, config, zero_conds=zero_conds, progress=progress,
+                                     checkpoint=checkpoint)
     if cached:
         generator.save(cached)
+        checkpoint.unlink(missing_ok=True)  # the finished generator replaces its (several times larger) state
     return generator, log.to_dict()

@@ -191,6 +191,56 @@ def test_ema_weights_are_what_training_returns():
     assert torch.equal(model.norm_scale, plain.norm_scale)  # constant buffers are not blurred by the average
 
 
+def _without_times(log: TrainingLog) -> dict:
+    data = log.to_dict()
+    data.pop("wall_seconds"), data.pop("resumed_from_step")
+    data["evals"] = [{k: v for k, v in row.items() if k != "seconds"} for row in data["evals"]]
+    return data
+
+
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
+def test_interrupted_training_resumes_to_the_uninterrupted_generator(tmp_path, monkeypatch, ema_decay):
+    """Stopped after step 25 (state saved at step 20), then rerun: the same weights and log as one run."""
+    from meg.diffusion import train as train_module
+
+    g = torch.Generator().manual_seed(0)
+    vectors, conds = torch.randn(12, D, generator=g) * 0.05, torch.randn(12, C, generator=g)
+    zero = torch.randn(5, C, generator=g)
+    config = _tiny(max_steps=40, eval_every=10, log_every=3, stop_threshold=0.0, ema_decay=ema_decay,
+                   lr_schedule="cosine", warmup_steps=5, zero_fraction=0.25)
+    straight, straight_log = train_generator(vectors, conds, config, zero_conds=zero, progress=False)
+
+    step, calls = train_module._Trainer.step, []
+
+    def interrupted(self):
+        calls.append(1)
+        if len(calls) > 25:
+            raise KeyboardInterrupt
+        return step(self)
+
+    path = tmp_path / "generator-training.safetensors"
+    monkeypatch.setattr(train_module._Trainer, "step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_generator(vectors, conds, config, zero_conds=zero, progress=False, checkpoint=path)
+    monkeypatch.setattr(train_module._Trainer, "step", step)
+    resumed, log = train_generator(vectors, conds, config, zero_conds=zero, progress=False, checkpoint=path)
+    assert log.resumed_from_step == 20 and _without_times(log) == _without_times(straight_log)
+    assert all(torch.equal(a, b) for a, b in zip(resumed.state_dict().values(), straight.state_dict().values()))
+
+
+def test_trained_generator_drops_its_training_state_once_finished(tmp_path):
+    from meg.stages import trained_generator
+
+    g = torch.Generator().manual_seed(0)
+    vectors, conds = torch.randn(8, D, generator=g) * 0.05, torch.randn(8, C, generator=g)
+    config = _tiny(max_steps=20, eval_every=10, stop_threshold=0.0)  # runs to step 20, saving its state at 10
+    _, log = trained_generator(config, vectors, conds, None, tmp_path, progress=False)
+    (stored,) = [p.name for p in tmp_path.iterdir()]  # the finished generator only, no training state
+    assert log["steps"] == 20 and stored.startswith("generator-") and "training" not in stored
+    _, again = trained_generator(config, vectors, conds, None, tmp_path, progress=False)
+    assert again == {"resumed_from": stored}
+
+
 # --- (f) save -> load ---
 
 

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from meg import __version__, files
 from meg.diffusion.generator import GeneratorConfig, WeightGenerator
 from meg.errors import InputError
+from meg.training_state import load_training_state, save_training_state
 
 
 @dataclass
@@ -45,6 +46,7 @@ class TrainingLog:
     best_criterion: float | None = None
     wall_seconds: float = 0.0
     stop_reason: str = ""  # "criterion", "max_steps" or "max_seconds"
+    resumed_from_step: int = 0  # > 0: continued from a training state saved at that step
     config: dict[str, Any] = field(default_factory=dict)
     meg_version: str = __version__
 
@@ -176,8 +178,8 @@ def _eval_subset(data: _Data, config: GeneratorConfig) -> _Data:
 class _Trainer:
     """One run: the model, its optimiser, the batch stream and the log. `run()` returns when a stop fires."""
 
-    def __init__(self, data: _Data, config: GeneratorConfig, progress: bool) -> None:
-        self.config, self.data = config, data
+    def __init__(self, data: _Data, config: GeneratorConfig, progress: bool, checkpoint: Path | None) -> None:
+        self.config, self.data, self.checkpoint = config, data, checkpoint
         device = data.vectors.device
         self.model = WeightGenerator(config, data.vectors.shape[1], data.conds.shape[1]).to(device)
         self.model.fit_normalization(data.vectors)
@@ -192,7 +194,7 @@ class _Trainer:
         self.eval_data = _eval_subset(data, config)
         self.log = TrainingLog(config=config.to_dict())
         self.best_state: dict[str, torch.Tensor] | None = None
-        self.start = 0.0  # perf_counter at the start of `run`
+        self.start, self.before = 0.0, 0.0  # perf_counter at the start of `run`; seconds of the runs it resumes
         self.bar = tqdm(total=config.max_steps, disable=not progress, desc="generator", unit="step")
 
     def step(self) -> float:
@@ -232,11 +234,16 @@ class _Trainer:
         self.bar.set_postfix(crit=f"{value:.4g}", best=f"{self.log.best_criterion:.4g}")
         return value
 
+    def seconds(self) -> float:
+        """Training time so far, including the runs this one resumed."""
+        return self.before + time.perf_counter() - self.start
+
     def run(self) -> tuple[WeightGenerator, TrainingLog]:
-        cfg, window = self.config, []
+        cfg = self.config
         self.start = time.perf_counter()
+        first, window = self._resume() if self.checkpoint and self.checkpoint.is_file() else (1, [])
         self.model.train()
-        for step in range(1, cfg.max_steps + 1):
+        for step in range(first, cfg.max_steps + 1):
             window.append(self.step())
             self.bar.update(1)
             if len(window) == cfg.log_every or step == cfg.max_steps:
@@ -244,11 +251,36 @@ class _Trainer:
                 self.log.losses.append(sum(window) / len(window))
                 self.bar.set_postfix(loss=f"{self.log.losses[-1]:.4g}")
                 window = []
-            reason = self._stop_reason(step, time.perf_counter() - self.start)
+            reason = self._stop_reason(step, self.seconds())
             if reason:
                 break
+            if self.checkpoint and step % cfg.eval_every == 0:
+                self._save(step, window)
         self.bar.close()
         return self._finish(step, reason)
+
+    def _modules(self) -> dict[str, torch.nn.Module]:
+        return {"model": self.model, **({"ema": self.ema} if self.ema is not None else {})}
+
+    def _save(self, step: int, window: list[float]) -> None:
+        """Everything `run` needs to continue after `step` (called after each evaluation)."""
+        meta = {"step": step, "window": window, "seconds": self.seconds(), "log": self.log.to_dict(),
+                "scheduler": self.scheduler.state_dict()}
+        best = {f"best.{k}": v for k, v in (self.best_state or {}).items()}
+        save_training_state(self.checkpoint, self._modules(), self.optimizer, {"noise": self.rng}, meta, best,
+                            global_rng=False)  # the generator draws only from its own generators
+
+    def _resume(self) -> tuple[int, list[float]]:
+        """Load the saved state; returns (the next step, the unfinished loss window)."""
+        meta, extra = load_training_state(self.checkpoint, self._modules(), self.optimizer, {"noise": self.rng})
+        self.scheduler.load_state_dict(meta["scheduler"])
+        self.log = TrainingLog.from_dict({**meta["log"], "resumed_from_step": meta["step"]})
+        self.best_state = {k[len("best."):]: v for k, v in extra.items() if k.startswith("best.")} or None
+        self.before = float(meta["seconds"])
+        for _ in range(meta["step"]):
+            next(self.batches)  # the batch stream is a seeded function of the step: replay it (cheap indexing)
+        self.bar.update(meta["step"])
+        return meta["step"] + 1, list(meta["window"])
 
     def _stop_reason(self, step: int, seconds: float) -> str:
         cfg = self.config
@@ -261,13 +293,13 @@ class _Trainer:
 
     def _finish(self, step: int, reason: str) -> tuple[WeightGenerator, TrainingLog]:
         if not self.log.evals or self.log.evals[-1]["step"] != step:
-            self.evaluate(step, time.perf_counter() - self.start)  # a time budget can stop between evaluations
+            self.evaluate(step, self.seconds())  # a time budget can stop between evaluations
         model = self.evaluated
         if self.config.keep_best and self.best_state is not None:
             model.load_state_dict(self.best_state)
         model.eval()
         self.log.steps, self.log.stop_reason = step, reason
-        self.log.wall_seconds = round(time.perf_counter() - self.start, 3)
+        self.log.wall_seconds = round(self.seconds(), 3)
         return model, self.log
 
 
@@ -277,13 +309,16 @@ def train_generator(
     config: GeneratorConfig | None = None,
     zero_conds: torch.Tensor | None = None,
     progress: bool = True,
+    checkpoint: str | Path | None = None,
 ) -> tuple[WeightGenerator, TrainingLog]:
     """Train a generator that maps conds (N, C) to the collected vectors (N, D) (original weight space).
 
     Runs on the device of `vectors`. zero_conds (M, C): "+DA" conditions paired with the all-zero vector.
     Stops when the criterion falls under `config.stop_threshold`, or at `max_steps` / `max_seconds`; the
     returned model holds the best evaluated weights when `config.keep_best`. Deterministic given `config.seed`
-    (on one device and thread count).
+    (on one device and thread count). With `checkpoint` (a path keyed by the inputs), the training state is
+    saved there after every evaluation and a state found there is continued, ending as an uninterrupted run
+    would (the time budget counts the earlier runs' time too).
     """
     config = config or GeneratorConfig()
     _check_inputs(vectors, conds, zero_conds)
@@ -293,4 +328,4 @@ def train_generator(
         conds.detach().to(device, torch.float32),
         None if zero_conds is None else zero_conds.detach().to(device, torch.float32),
     )
-    return _Trainer(data, config, progress).run()
+    return _Trainer(data, config, progress, Path(checkpoint) if checkpoint else None).run()
