@@ -153,3 +153,39 @@ def test_paper_gate_router_and_retrieved_weights(fact_gpt2, tokenizer, tmp_path)
     # Rows the gate routes get their edit's own collected vector, which reproduces the edit.
     outputs = edited.generate([REQUESTS[i].prompt for i in routed], max_new_tokens=5)
     assert _accuracy(outputs, [REQUESTS[i].target for i in routed]) >= 0.9
+
+
+def test_interrupted_fit_resumes_to_the_same_pack(fact_gpt2, tokenizer, tmp_path, monkeypatch):
+    """Killed during generator training (state saved at step 50), rerun on the same work directory: the same
+    generator tensors as a run never interrupted. Collection chunks and the tuned encoder are reused."""
+    from dataclasses import replace
+
+    from meg.diffusion import train as train_module
+    from meg.diffusion.generator import CONFIGS
+
+    generator = replace(CONFIGS["small-gpt2"], sampling_steps=4, max_steps=120, eval_every=50)
+    config, requests = tiny_config(generator=generator), [r.for_editing() for r in REQUESTS]
+    pairs = [PseudoPair(q, p, s) for q, p, s in PSEUDO_PAIRS]
+
+    def fit_in(work):  # no shipped calibration pairs: encoding them is most of a tiny fit's time
+        return MegEditor(fact_gpt2, tokenizer, config).fit(requests, pairs, CALIBRATION, work, False, [])
+
+    straight = fit_in(tmp_path / "a")
+
+    step, calls = train_module._Trainer.step, []
+
+    def killed_at_step_70(self):
+        calls.append(1)
+        if len(calls) == 70:
+            raise KeyboardInterrupt
+        return step(self)
+
+    monkeypatch.setattr(train_module._Trainer, "step", killed_at_step_70)
+    with pytest.raises(KeyboardInterrupt):
+        fit_in(tmp_path / "b")
+    monkeypatch.setattr(train_module._Trainer, "step", step)
+    resumed = fit_in(tmp_path / "b")
+    assert resumed.log["generator_training"]["resumed_from_step"] == 50
+    assert all(torch.equal(a, b) for a, b in zip(resumed.generator.state_dict().values(),
+                                                 straight.generator.state_dict().values()))
+    assert torch.equal(resumed.collection.vectors, straight.collection.vectors)
