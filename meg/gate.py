@@ -188,7 +188,11 @@ def train_gate(
     x = edit_embeddings.detach().float()
     labels = _shared_by_duplicates(x, random_labels(len(x), config)).to(x.device)
     log = GateLog(edits=len(x))
-    start, before = time.perf_counter(), 0.0
+    start, before = time.perf_counter(), 0.0  # `before`: seconds of the runs a resumed state came from
+
+    def seconds() -> float:
+        return before + time.perf_counter() - start
+
     with _seeded(config.seed, x.device):
         gate = FamiliarityGate(x.shape[1], config).to(x.device)
         optimizer = torch.optim.AdamW(gate.parameters(), lr=config.lr)
@@ -205,13 +209,12 @@ def train_gate(
             bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
             stopped = loss < config.stop_loss
             if path and (stopped or (epoch + 1) % save_every == 0 or epoch + 1 == config.max_epochs):
-                seconds = before + time.perf_counter() - start
-                save_training_state(path, {"gate": gate}, optimizer, rngs, {"losses": log.losses, "seconds": seconds})
+                save_training_state(path, {"gate": gate}, optimizer, rngs, {"losses": log.losses, "seconds": seconds()})
             if stopped:
                 break
     gate.eval()
     log.stopped_early = stopped
-    log.epochs, log.final_loss, log.seconds = len(log.losses), log.losses[-1], before + time.perf_counter() - start
+    log.epochs, log.final_loss, log.seconds = len(log.losses), log.losses[-1], seconds()
     with torch.no_grad():
         log.train_accuracy = (gate(x).argmax(dim=-1) == labels).float().mean().item()
     return gate, log

@@ -64,8 +64,7 @@ def load_training_state(path: str | Path, modules: dict[str, nn.Module], optimiz
     stored = files.load_tensors(path)
     device = _device(modules)
     for name, module in modules.items():
-        prefix = f"module.{name}."
-        module.load_state_dict({k[len(prefix):]: v for k, v in stored.items() if k.startswith(prefix)})
+        module.load_state_dict(_section(stored, f"module.{name}."))
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in stored.items():
         if key.startswith("optimizer."):
@@ -81,8 +80,7 @@ def load_training_state(path: str | Path, modules: dict[str, nn.Module], optimiz
         torch.set_rng_state(stored[f"rng.{GLOBAL_RNG}"])
     if device.type == "cuda" and f"rng.{CUDA_RNG}" in stored:
         torch.cuda.set_rng_state(stored[f"rng.{CUDA_RNG}"], device)
-    extra = {k[len("tensor."):]: v.to(device) for k, v in stored.items() if k.startswith("tensor.")}
-    return header["meta"], extra
+    return header["meta"], {k: v.to(device) for k, v in _section(stored, "tensor.").items()}
 
 
 def training_meta(path: str | Path) -> dict[str, Any]:
@@ -95,6 +93,11 @@ def _header(path: str | Path) -> dict[str, Any]:
     if not isinstance(header, dict) or header.get("format") != FORMAT_VERSION:
         raise InputError(f"{path}: not a training checkpoint of format {FORMAT_VERSION}")
     return header
+
+
+def _section(stored: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries under `prefix`, with the prefix removed."""
+    return {k[len(prefix):]: v for k, v in stored.items() if k.startswith(prefix)}
 
 
 def _scalar(value: Any) -> bool:

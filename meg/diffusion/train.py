@@ -266,16 +266,16 @@ class _Trainer:
         """Everything `run` needs to continue after `step` (called after each evaluation)."""
         meta = {"step": step, "window": window, "seconds": self.seconds(), "log": self.log.to_dict(),
                 "scheduler": self.scheduler.state_dict()}
-        best = {f"best.{k}": v for k, v in (self.best_state or {}).items()}
-        save_training_state(self.checkpoint, self._modules(), self.optimizer, {"noise": self.rng}, meta, best,
-                            global_rng=False)  # the generator draws only from its own generators
+        # the best weights so far are the only extra tensors; the generator draws only from its own generators
+        save_training_state(self.checkpoint, self._modules(), self.optimizer, {"noise": self.rng}, meta,
+                            self.best_state, global_rng=False)
 
     def _resume(self) -> tuple[int, list[float]]:
         """Load the saved state; returns (the next step, the unfinished loss window)."""
         meta, extra = load_training_state(self.checkpoint, self._modules(), self.optimizer, {"noise": self.rng})
         self.scheduler.load_state_dict(meta["scheduler"])
         self.log = TrainingLog.from_dict({**meta["log"], "resumed_from_step": meta["step"]})
-        self.best_state = {k[len("best."):]: v for k, v in extra.items() if k.startswith("best.")} or None
+        self.best_state = extra or None
         self.before = float(meta["seconds"])
         for _ in range(meta["step"]):
             next(self.batches)  # the batch stream is a seeded function of the step: replay it (cheap indexing)
