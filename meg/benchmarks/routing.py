@@ -44,6 +44,7 @@ class RouterVariant:
 _HARD = {"hard_negatives": default_encoder_config().hard_negatives, "temperature": default_encoder_config().temperature}
 # The cosine-scored router of 2026-11-30 (session 5): the ablations below vary one thing against it.
 _COSINE = {"verifier": None, "paraphrase_recall": 0.97, "verifier_weight": 1.0}
+_CAPPED = {"max_epochs": 300}  # the paper gate's CPU budget at 10,000 edits (see the -300 rows)
 VARIANTS: dict[str, RouterVariant] = {
     "paper-gate/untuned": RouterVariant("paper gate, untuned encoder", "paper-gate", tuned_encoder=False),
     "paper-gate/tuned": RouterVariant("paper gate, InfoNCE encoder", "paper-gate"),
@@ -53,11 +54,11 @@ VARIANTS: dict[str, RouterVariant] = {
     # each (their training resumes across runs); these rows say what 300 epochs give.
     "paper-gate/untuned-300": RouterVariant("paper gate, untuned encoder, training capped at 300 epochs (a CPU "
                                             "budget; the paper trains to convergence)", "paper-gate",
-                                            tuned_encoder=False, gate_config={"max_epochs": 300}),
+                                            tuned_encoder=False, gate_config=_CAPPED),
     "paper-gate/tuned-300": RouterVariant("paper gate, InfoNCE encoder, training capped at 300 epochs", "paper-gate",
-                                          gate_config={"max_epochs": 300}),
+                                          gate_config=_CAPPED),
     "paper-gate/hard-300": RouterVariant("paper gate, InfoNCE + hard negatives, training capped at 300 epochs",
-                                         "paper-gate", encoder_config=_HARD, gate_config={"max_epochs": 300}),
+                                         "paper-gate", encoder_config=_HARD, gate_config=_CAPPED),
     "retrieval/default": RouterVariant("subject-verified retrieval as configured by default (RetrievalConfig(), "
                                        "hard-negative encoder)", "retrieval", encoder_config=_HARD),
     "inferred/default": RouterVariant("the default router with edits given WITHOUT subjects: subjects guessed from "
