@@ -10,9 +10,15 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-# public name -> module that defines it (resolved on first access, so `import meg` stays cheap)
+# public name -> module that defines it (resolved on first access, so `import meg` stays cheap). The first six
+# are what the README's quick start imports; the rest are the stages' building blocks.
 _PUBLIC = {
+    "MegEditor": "meg.editor",
+    "EditedModel": "meg.edited_model",
+    "EditPack": "meg.pack",
+    "MegConfig": "meg.config",
     "EditRequest": "meg.requests",
+    "load_causal_lm": "meg.models",
     "mount_neuron": "meg.surgery",
     "NeuronSpec": "meg.surgery",
     "CollectionConfig": "meg.collection",

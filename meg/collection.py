@@ -9,7 +9,6 @@ vectors as collecting each edit alone. Finished chunks are written to `cache_dir
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Sequence
@@ -24,49 +23,41 @@ from transformers import PreTrainedTokenizerBase
 
 from meg import __version__, files
 from meg.architectures import resolve
-from meg.decoding import greedy_generate
-from meg.dict_io import DictIO
+from meg.decoding import MAX_NEW_TOKENS, greedy_generate
 from meg.errors import InputError
-from meg.prompts import AnswerBatch, LossTokens, PromptTemplate, answers_match, encode_answers
+from meg.prompts import (
+    AnswerBatch,
+    LossTokens,
+    PromptTemplate,
+    answers_match,
+    encode_answers,
+)
 from meg.requests import EditRequest
+from meg.settings import Rules, Settings, setting
 from meg.surgery import NeuronSpec, context_length, frozen_eval, mount_neuron
 
 
 @dataclass(frozen=True)
-class CollectionConfig(DictIO):
+class CollectionConfig(Settings):
     """How one neuron is trained per edit. Defaults: the paper's Phi-2 setting (SGD lr 0.01, 80 steps)."""
 
-    lr: float = 0.01
-    steps: int = 80  # maximum SGD steps per edit
-    schedule: Literal["constant", "cosine"] = "constant"  # cosine: lr * (1 + cos(pi * step / steps)) / 2
-    loss_threshold: float = 0.0  # a row stops once its loss < threshold for `patience` steps; 0 disables
-    patience: int = 1
-    # Ours (not in the paper): learning-rate multiplier for w_in and bias. A small model needs a large step on
-    # w_out but a small one on the input side, or the neuron's pre-activation collapses (docs/LOG.md).
-    input_lr_scale: float = 1.0
-    # Initial vector: "linear" draws like nn.Linear for an FFN of width 4d (the research code widens the FFN by
-    # one unit): w_in, bias ~ U(+-1/sqrt(d)), w_out ~ U(+-1/sqrt(4d)). `init_bias` overrides the bias.
-    init_bias: float | None = None
-    loss_tokens: LossTokens = "answer"  # "answer" = target + "." + EOS (research code); "target" = target only
-    max_new_tokens: int = 20  # greedy decoding budget for the success check (the AG protocol's)
-    batch_size: int = 32  # edits per forward/backward
-    seed: int = 0
+    lr: float = setting(0.01, "SGD learning rate (paper: Phi-2 0.01, GPT-J 0.07, Llama-3 0.02)")
+    steps: int = setting(80, "maximum SGD steps per edit")
+    schedule: Literal["constant", "cosine"] = setting("constant", "cosine: lr * (1 + cos(pi * step / steps)) / 2")
+    loss_threshold: float = setting(0.0, "a row stops once its loss < threshold for `patience` steps; 0 disables")
+    patience: int = setting(1, "steps below loss_threshold before a row stops")
+    # Ours (not in the paper): a small model needs a large step on w_out but a small one on the input side, or the
+    # neuron's pre-activation collapses (docs/LOG.md, 2026-11-26).
+    input_lr_scale: float = setting(1.0, "learning-rate multiplier for w_in and the bias (ours; paper 1)")
+    init_bias: float | None = setting(None, "initial bias of the neuron; null: drawn like nn.Linear's (paper)")
+    loss_tokens: LossTokens = setting("answer", "answer: target + '.' + EOS (research code); target: target only")
+    batch_size: int = setting(32, "edits per forward/backward (rows never interact)")
+    seed: int = setting(0, "seed of the shared initial vector")
 
-    def __post_init__(self) -> None:
-        checks = {
-            "lr": self.lr > 0,
-            "steps": self.steps >= 1,
-            "schedule": self.schedule in ("constant", "cosine"),
-            "loss_threshold": self.loss_threshold >= 0,
-            "patience": self.patience >= 1,
-            "input_lr_scale": self.input_lr_scale > 0,
-            "loss_tokens": self.loss_tokens in ("answer", "target"),
-            "max_new_tokens": self.max_new_tokens >= 1,
-            "batch_size": self.batch_size >= 1,
-        }
-        for name, ok in checks.items():
-            if not ok:
-                raise InputError(f"CollectionConfig.{name} has an invalid value: {getattr(self, name)!r}")
+    def rules(self) -> Rules:
+        return {"lr": (self.lr > 0, "> 0"), "steps": (self.steps >= 1, ">= 1"),
+                "loss_threshold": (self.loss_threshold >= 0, ">= 0"), "patience": (self.patience >= 1, ">= 1"),
+                "input_lr_scale": (self.input_lr_scale > 0, "> 0"), "batch_size": (self.batch_size >= 1, ">= 1")}
 
 
 # Named settings. "paper-*" are the research code's stage-3 configs; "small-gpt2" is ours, measured on the
@@ -178,14 +169,14 @@ def _collect_chunk(
     device = next(model.parameters()).device
     batch = encode_answers(tokenizer, texts, targets, max_length=context_length(model), names=names).to(device)
     weights, losses, steps = _train_rows(model, spec, batch, config)
-    predictions = greedy_generate(model, tokenizer, texts, config.max_new_tokens, spec, weights, len(texts))
+    predictions = greedy_generate(model, tokenizer, texts, MAX_NEW_TOKENS, spec, weights, len(texts))
     success = torch.tensor([answers_match(p, t) for p, t in zip(predictions, targets)], dtype=torch.bool)
     return CollectionResult(weights.detach().float().cpu(), success, losses, steps, predictions)
 
 
-def _fingerprint(spec: NeuronSpec, config: CollectionConfig, template: PromptTemplate, texts: list[str], targets: list[str]) -> str:
-    payload = json.dumps([asdict(spec), asdict(config), template.text, texts, targets], sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()
+def job_key(spec: NeuronSpec, config: CollectionConfig, template: PromptTemplate, requests: Sequence[EditRequest]) -> str:
+    """The cache key of a collection job: the neuron's place, the settings, the template and the edits."""
+    return files.digest(asdict(spec), config.to_dict(), template.text, [(r.prompt, r.target) for r in requests])
 
 
 class _ChunkCache:
@@ -225,20 +216,22 @@ def collect_weights(
     requests: Sequence[EditRequest],
     config: CollectionConfig = CollectionConfig(),
     template: PromptTemplate = PromptTemplate(),
-    cache_dir: str | Path | None = None,
+    work: str | Path | None = None,
     progress: bool = True,
 ) -> CollectionResult:
     """Collect one neuron vector per edit request (paper stage 3), `config.batch_size` edits at a time.
 
-    With `cache_dir`, each finished chunk is saved there and reused when the same job runs again, so an
-    interrupted run resumes where it stopped. The model is left unchanged (hooks removed, mode restored).
+    With a work directory `work`, each finished chunk is saved in `work/collection-<job key>` and reused when the
+    same job runs again, so an interrupted run resumes where it stopped. The model is left unchanged (hooks
+    removed, mode restored).
     """
     if not requests:
         raise InputError("no edit requests to collect")
     texts = [template.format(r.prompt) for r in requests]
     targets = [r.target for r in requests]
     names = [f"edit {r.case_id if r.case_id is not None else i} ({r.prompt[:40]!r})" for i, r in enumerate(requests)]
-    cache = _ChunkCache(Path(cache_dir), _fingerprint(spec, config, template, texts, targets)) if cache_dir else None
+    key = job_key(spec, config, template, requests)
+    cache = _ChunkCache(Path(work) / files.COLLECTION_DIR.format(key=key), key) if work else None
     size, parts = config.batch_size, []
     bar = tqdm(total=len(requests), desc="collect neurons", unit="edit", disable=not progress)
     with frozen_eval(model):

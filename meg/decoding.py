@@ -17,6 +17,8 @@ from transformers import GenerationConfig, PreTrainedTokenizerBase
 from meg.prompts import encode_answers, encode_prompts, pad_id
 from meg.surgery import NeuronSpec, frozen_eval, mount_neuron
 
+MAX_NEW_TOKENS = 20  # the paper's AG protocol: greedy generation of up to 20 new tokens
+
 
 def _chunks(n: int, size: int) -> Iterator[slice]:
     for start in range(0, n, size):
@@ -40,7 +42,7 @@ def greedy_generate(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
     prompt_texts: Sequence[str],
-    max_new_tokens: int = 20,
+    max_new_tokens: int = MAX_NEW_TOKENS,
     spec: NeuronSpec | None = None,
     weights: torch.Tensor | None = None,
     batch_size: int = 64,

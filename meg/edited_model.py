@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from meg.decoding import greedy_generate, teacher_forced_accuracy
+from meg.decoding import MAX_NEW_TOKENS, greedy_generate, teacher_forced_accuracy
 from meg.encoder import QueryEncoder
 from meg.errors import PackError
 from meg.models import fingerprint, same_model
@@ -45,9 +45,10 @@ class EditedModel:
         if pack.encoder_state is not None:
             self.encoder.load_tuned_state(pack.encoder_state)
         self.router = router_class(pack.router_name).from_state(
-            pack.router_config, pack.router_state, pack.edit_embeddings, pack.requests, self.encoder.encode)
+            pack.config.router_config(), pack.router_fitted, pack.router_state, pack.edit_embeddings, pack.requests,
+            self.encoder.encode)
         self.generator = pack.generator.to(self.device).eval() if pack.generator is not None else None
-        self.steps = sampling_steps or pack.config.sampling_steps
+        self.steps = sampling_steps  # None: the generator's own `sampling_steps`
         self._enabled = True
         self._cache: OrderedDict[str, tuple[dict[str, Any], torch.Tensor]] = OrderedDict()
 
@@ -121,7 +122,7 @@ class EditedModel:
         """Pack facts for reports: edits, collection success, router and calibration, stage wall times."""
         pack = self.pack
         return {"edits": len(pack), "collected": int(pack.collection.success.sum()), "layer": pack.neuron.layer,
-                "router": {"name": pack.router_name, **pack.router_config}, "config": pack.config.to_dict(),
+                "router": {"name": pack.router_name, **pack.router_fitted}, "config": pack.config.to_dict(),
                 "log": pack.log}
 
     # --- decoding ---
@@ -133,7 +134,7 @@ class EditedModel:
         weights = self.neuron_weights(prompts)
         return weights if bool(weights.ne(0).any()) else None  # nothing routed: skip mounting entirely
 
-    def generate(self, prompts: Sequence[str], max_new_tokens: int = 20) -> list[str]:
+    def generate(self, prompts: Sequence[str], max_new_tokens: int = MAX_NEW_TOKENS) -> list[str]:
         """Greedy continuations of the templated prompts, each row with its own neuron."""
         weights = self._weights_or_none(prompts)
         return greedy_generate(self.model, self.tokenizer, self._texts(prompts), max_new_tokens,

@@ -15,7 +15,6 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -26,23 +25,23 @@ from transformers import PreTrainedTokenizerBase
 from meg.collection import CollectionResult, collect_weights, preset_for
 from meg.config import MegConfig
 from meg.diffusion.generator import WeightGenerator
-from meg.encoder import QueryEncoder
+from meg.diffusion.train import trained_generator
+from meg.encoder import tuned_encoder
 from meg.errors import InputError
 from meg.models import fingerprint
-from meg.pack import EditPack
+from meg.pack import EditPack, history_entry
 from meg.prompts import PromptTemplate
 from meg.pseudo_edits import split_pairs
 from meg.requests import EditRequest, PseudoPair, deduplicate
 from meg.routing import RoutingData, router_class
-from meg.stages import digest, trained_generator, tuned_encoder
 from meg.surgery import neuron_spec
 
 log = logging.getLogger("meg")
 
 
 def _disjoint(requests: Sequence[EditRequest], pairs: Sequence[PseudoPair], unrelated: Sequence[str]):
-    """Drop pseudo pairs and unrelated queries that repeat an edit's prompt or paraphrase (paper: pseudo
-    edits are NOT in the edit set)."""
+    """Drop pseudo pairs and unrelated queries that repeat an edit's prompt or paraphrase: calibration must not
+    see the edits (paper: pseudo edits are NOT in the edit set)."""
     taken = {r.prompt.strip() for r in requests} | {p.strip() for r in requests for p in r.paraphrases}
     kept_pairs = [p for p in pairs if p.question.strip() not in taken and p.paraphrase.strip() not in taken]
     kept_unrelated = [q for q in unrelated if q.strip() not in taken]
@@ -67,6 +66,11 @@ class MegEditor:
         yield
         self.seconds[name] = round(time.perf_counter() - start, 3)
 
+    def resolved_config(self) -> MegConfig:
+        """The config with this model's layer, collection preset and generator filled in (what the pack stores)."""
+        spec = neuron_spec(self.model, self.config.layer)
+        return self.config.resolved(spec.layer, self.config.collection or preset_for(self.model), spec.dim)
+
     def fit(
         self,
         requests: Sequence[EditRequest],
@@ -78,82 +82,80 @@ class MegEditor:
     ) -> EditPack:
         """Run the four stages. `pseudo_pairs` / `unrelated` default to the shipped public sets.
 
-        The router is calibrated on the pseudo pairs held out from encoder tuning plus `calibration_pairs` (pairs
-        used for nothing else; None = the shipped 3,000, [] = none): a few hundred held-out pairs put the
-        threshold at 98% of them a point of recall too high or too low by chance (docs/LOG.md, 2026-11-30).
+        The encoder (and the default router's verifier) are tuned on the pseudo pairs minus a held-out split,
+        whatever the edits are, so the shipped tuned layers serve every edit set under the default settings; pairs
+        that repeat an edit are left out of calibration only. The router is calibrated on the held-out pairs plus
+        `calibration_pairs` (pairs used for nothing else; None = the shipped 3,000, [] = none): a few hundred
+        held-out pairs put the threshold at 98% of them a point of recall too high or too low by chance
+        (docs/LOG.md, 2026-11-30).
         """
-        from meg.data.defaults import default_calibration_pairs, default_pseudo_pairs, default_unrelated
+        from meg.data.defaults import (
+            default_calibration_pairs,
+            default_pseudo_pairs,
+            default_unrelated,
+        )
 
         requests, replaced = deduplicate(list(requests))
         if not requests:
             raise InputError("no edit requests given")
         if replaced:
             log.warning("%d duplicate prompts: the later edit wins (%s)", len(replaced), "; ".join(replaced[:3]))
-        pairs, unrelated = _disjoint(requests, default_pseudo_pairs() if pseudo_pairs is None else pseudo_pairs,
-                                     default_unrelated() if unrelated is None else unrelated)
-        shipped = calibration_pairs is None
-        extra, _ = _disjoint(requests, default_calibration_pairs() if shipped else calibration_pairs, ())
-        work = Path(work_dir) if work_dir else None
-        tune_pairs, held_out = split_pairs(pairs, seed=self.config.seed)
-        calibration = held_out + extra
-        encoder, tuning = self._encoder(tune_pairs, work, progress)
+        config, work = self.resolved_config(), Path(work_dir) if work_dir else None
+        tune_pairs, held_out = split_pairs(default_pseudo_pairs() if pseudo_pairs is None else pseudo_pairs,
+                                           seed=config.seed)
+        extra = default_calibration_pairs() if calibration_pairs is None else calibration_pairs
+        calibration, unrelated = _disjoint(requests, [*held_out, *extra],
+                                           default_unrelated() if unrelated is None else unrelated)
+        with self._stage("encoder"):
+            encoder, tuning = tuned_encoder(config.encoder, tune_pairs, work, self.device, progress)
         with self._stage("embed"):
             edit_emb = encoder.encode([r.prompt for r in requests], progress=progress)  # (N, C)
             unrelated_emb = encoder.encode(list(unrelated), progress=progress)  # (M, C)
         with self._stage("router"):
-            data = RoutingData([r.prompt for r in requests], edit_emb, [r.subject for r in requests],
-                               list(unrelated), unrelated_emb, calibration,
-                               extra={"encode": encoder.encode, "work": work}, training_pairs=tune_pairs)
-            router = router_class(self.config.router).fit(data, self.config, progress=progress)
-        spec, collection_config = neuron_spec(self.model, self.config.layer), self._collection_config()
+            data = RoutingData([r.prompt for r in requests], edit_emb, [r.subject for r in requests], list(unrelated),
+                               unrelated_emb, calibration, tune_pairs, encoder.encode, work)
+            router = router_class(config.router).fit(data, config.router_config(), progress=progress)
+        spec = neuron_spec(self.model, config.layer)
         with self._stage("collect"):
-            # One cache directory per collection job, so runs with other settings never collide.
-            key = digest(asdict(spec), collection_config.to_dict(), self.template.text,
-                         [(r.prompt, r.target) for r in requests])
-            cache = work / f"collection-{key}" if work else None
-            collection = collect_weights(self.model, self.tokenizer, spec, requests, collection_config,
-                                         self.template, cache, progress)
-        generator, generator_log = self._generator(requests, collection, edit_emb, unrelated_emb, encoder, spec.dim,
+            collection = collect_weights(self.model, self.tokenizer, spec, requests, config.collection, self.template,
+                                         work, progress)
+        generator, generator_log = self._generator(config, requests, collection, edit_emb, unrelated_emb, encoder,
                                                    work, progress)
         return EditPack(
-            config=self.config, base_model=self.model_name, base_fingerprint=fingerprint(self.model), neuron=spec,
-            template=self.template, requests=requests, collection=collection, edit_embeddings=edit_emb,
-            encoder_state=encoder.tuned_state() if self.config.encoder.tune else None,
-            router_name=router.name, router_config=router.config_dict(), router_state=router.state_dict(),
-            router_state_file=router.state_file, generator=generator,
+            config=config, base_model=self.model_name, base_fingerprint=fingerprint(self.model), neuron=spec,
+            template=self.template, requests=requests, ids=list(range(len(requests))), collection=collection,
+            edit_embeddings=edit_emb, encoder_state=encoder.tuned_state() if config.encoder.tune else None,
+            router_fitted=router.fitted(), router_state=router.state_dict(), generator=generator,
+            history=[history_entry("fit", len(requests))],
             log={"stage_seconds": self.seconds, "replaced_duplicates": replaced, "encoder_tuning": tuning,
-                 "generator_training": generator_log, "pseudo_pairs": len(pairs), "calibration_pairs": len(calibration),
-                 "unrelated_queries": len(unrelated),
+                 "generator_training": generator_log, "pseudo_pairs": len(tune_pairs) + len(held_out),
+                 "calibration_pairs": len(calibration), "unrelated_queries": len(unrelated),
                  "collection_success_rate": collection.success_rate},
         )
 
-    def _collection_config(self):
-        return self.config.collection or preset_for(self.model)
-
-    def _encoder(self, pairs: Sequence[PseudoPair], work: Path | None, progress: bool) -> tuple[QueryEncoder, Any]:
-        with self._stage("encoder"):
-            return tuned_encoder(self.config.encoder, pairs, work, self.device, progress)
-
-    def _generator(self, requests, collection: CollectionResult, edit_emb, unrelated_emb, encoder, dim: int,
+    def _generator(self, config: MegConfig, requests, collection: CollectionResult, edit_emb, unrelated_emb, encoder,
                    work: Path | None, progress: bool) -> tuple[WeightGenerator | None, Any]:
-        if self.config.weights == "retrieved":
+        if config.weights == "retrieved":
             return None, None
         with self._stage("generator"):
-            conds, vectors = self._generator_pairs(requests, collection, edit_emb, encoder)
+            conds, vectors = self._generator_pairs(config, requests, collection, edit_emb, encoder)
             if len(vectors) == 0:
                 raise InputError("no edit was collected successfully, so there is nothing to train the generator on")
-            zero = unrelated_emb if self.config.data_augmentation and len(unrelated_emb) else None
-            return trained_generator(self.config.generator_for(dim), vectors, conds, zero, work, self.device, progress)
+            zero = unrelated_emb.to(self.device) if config.data_augmentation and len(unrelated_emb) else None
+            return trained_generator(config.generator, vectors.to(self.device), conds.to(self.device), zero, work,
+                                     progress)
 
-    def _generator_pairs(self, requests, collection: CollectionResult, edit_emb, encoder) -> tuple[torch.Tensor, torch.Tensor]:
-        """(conditions (K, C), vectors (K, D)) from successful edits: the edit prompt, plus any paraphrases the
-        user supplied with the edit (`use_paraphrases`; benchmark harnesses strip test paraphrases)."""
+    @staticmethod
+    def _generator_pairs(config: MegConfig, requests, collection: CollectionResult, edit_emb,
+                         encoder) -> tuple[torch.Tensor, torch.Tensor]:
+        """(conditions (K, C), vectors (K, D)) from successful edits: the edit prompt and, when the generator is
+        conditioned on the query, any paraphrases the user supplied with the edit (benchmark harnesses strip test
+        paraphrases)."""
         ok = collection.success.nonzero().flatten().tolist()
         conds, vectors = [edit_emb[ok]], [collection.vectors[ok]]
-        if self.config.use_paraphrases and self.config.condition == "query":
+        if config.condition == "query":
             rows = [(i, p) for i in ok for p in requests[i].paraphrases]
             if rows:
                 conds.append(encoder.encode([p for _, p in rows]))
                 vectors.append(collection.vectors[[i for i, _ in rows]])
         return torch.cat(conds), torch.cat(vectors)
-

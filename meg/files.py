@@ -7,6 +7,7 @@ run never leaves a half-written file under the final name.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -23,6 +24,7 @@ from safetensors.torch import load_file, save_file
 # --- weight collection (a resumable cache directory) ---
 COLLECTION_MANIFEST = "collection.json"
 COLLECTION_CHUNK = "chunk-{index:05d}.safetensors"
+COLLECTION_DIR = "collection-{key}"  # one collection job (edits, settings, layer) in a work directory
 
 # --- edit pack ---
 PACK_CONFIG = "pack_config.json"
@@ -48,6 +50,17 @@ TRAINED_VERIFIER = "verifier-{key}.safetensors"  # the routing verifier's traine
 GATE_TRAINING = "gate-training-{key}.safetensors"  # the familiarity gate's training state (resumable), keyed by inputs
 TRAINED_GENERATOR = "generator-{key}"  # a finished generator (a directory as in a pack), keyed by inputs
 GENERATOR_TRAINING = "generator-training-{key}.safetensors"  # an unfinished generator's training state, keyed by inputs
+
+
+def digest(*parts: Any) -> str:
+    """A short stable hash of JSON-serialisable parts (tensors by their bytes): the key of every cached stage."""
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, torch.Tensor):
+            h.update(part.detach().cpu().contiguous().numpy().tobytes())
+        else:
+            h.update(json.dumps(part, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
 
 
 def cache_dir() -> Path:

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -28,63 +26,44 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from meg.dict_io import DictIO
+from meg import files
 from meg.errors import InputError
-from meg.training_state import load_training_state, save_training_state, training_meta
+from meg.settings import Rules, Settings, setting
+from meg.training_state import (
+    load_training_state,
+    save_training_state,
+    seeded,
+    training_meta,
+)
+
+# The paper's network shape around the residual blocks (research code my_model_five_bert_text.py).
+HIDDEN_MULT = 4  # each block's hidden width, in multiples of the embedding width
+DROPOUT = 0.1
+LABELS = 10  # random classes; the maximum entropy is ln 10 = 2.30 nats
 
 
-@dataclass
-class GateConfig(DictIO):
-    """Familiarity network and its epsilon; saved as JSON in the edit pack.
+@dataclass(frozen=True)
+class GateConfig(Settings):
+    """The familiarity network, its training and its epsilon; saved in the edit pack."""
 
-    Attributes:
-        blocks, hidden_mult, dropout, labels: network shape (paper 5 blocks, 4d hidden, dropout 0.1, 10 labels).
-        lr: AdamW learning rate (paper 1e-3). max_epochs: upper bound (paper trains 1000-4000 epochs).
-        stop_loss: stop as soon as the epoch's training loss is below this (the labels are memorised).
-        batch_size: edits per step (64); None = full batch.
-        epsilon: fixed entropy threshold in nats, or None to calibrate it on unrelated queries.
-        target_unrelated_rate: with calibration, the share of unrelated queries allowed through to the generator.
-        seed: random labels, initial weights and dropout.
-    """
-
-    blocks: int = 5
-    hidden_mult: int = 4
-    dropout: float = 0.1
-    labels: int = 10
-    lr: float = 1e-3
-    max_epochs: int = 2000
-    stop_loss: float = 0.005
+    blocks: int = setting(5, "residual blocks (paper 5; 0 = a linear probe)")
+    lr: float = setting(1e-3, "AdamW learning rate (paper 1e-3)")
+    max_epochs: int = setting(2000, "upper bound on training epochs (paper trains 1,000-4,000)")
+    stop_loss: float = setting(0.005, "stop once an epoch's training loss is below this (the labels are memorised)")
     # The paper gives no batch size. Full-batch AdamW needs thousands of epochs to memorise 10 random labels;
     # batches of 64 got 1,024 edits to loss 0.005 in 250 epochs (3.3 min on 2 CPU threads).
-    batch_size: int | None = 64
-    epsilon: float | None = None
-    target_unrelated_rate: float = 0.02
-    seed: int = 0
+    batch_size: int | None = setting(64, "edits per step; null = full batch")
+    epsilon: float | None = setting(None, "fixed entropy threshold in nats (paper 0.1-0.7); null = calibrate it")
+    target_unrelated_rate: float = setting(0.02, "with calibration: share of unrelated queries let through")
+    seed: int = setting(0, "random labels, initial weights and dropout")
 
-    def __post_init__(self) -> None:
-        for name, low in (("blocks", 0), ("hidden_mult", 1), ("labels", 2), ("max_epochs", 1), ("seed", 0)):
-            _check_int(name, getattr(self, name), low)
-        if self.batch_size is not None:
-            _check_int("batch_size", self.batch_size, 1)
-        _check_number("dropout", self.dropout, 0.0, 1.0, high_open=True)
-        _check_number("lr", self.lr, 0.0, math.inf, low_open=True)
-        _check_number("stop_loss", self.stop_loss, 0.0, math.inf)
-        _check_number("target_unrelated_rate", self.target_unrelated_rate, 0.0, 1.0, low_open=True, high_open=True)
-        if self.epsilon is not None:
-            _check_number("epsilon", self.epsilon, 0.0, math.inf, low_open=True)
-
-
-def _check_int(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise InputError(f"gate config: field {name!r} must be an integer >= {low}, got {value!r}")
-
-
-def _check_number(name: str, value: Any, low: float, high: float, low_open=False, high_open=False) -> None:
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and not math.isnan(value)
-    ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
-    if not ok:
-        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-        raise InputError(f"gate config: field {name!r} must be a number in {interval}, got {value!r}")
+    def rules(self) -> Rules:
+        return {"blocks": (self.blocks >= 0, ">= 0"), "lr": (self.lr > 0, "> 0"),
+                "max_epochs": (self.max_epochs >= 1, ">= 1"), "stop_loss": (self.stop_loss >= 0, ">= 0"),
+                "batch_size": (self.batch_size is None or self.batch_size >= 1, ">= 1 or null"),
+                "epsilon": (self.epsilon is None or self.epsilon > 0, "> 0 or null"),
+                "target_unrelated_rate": (0 < self.target_unrelated_rate < 1, "in (0, 1)"),
+                "seed": (self.seed >= 0, ">= 0")}
 
 
 class _Block(nn.Module):
@@ -105,8 +84,8 @@ class FamiliarityGate(nn.Module):
         super().__init__()
         config = config or GateConfig()
         self.dim, self.config = dim, config
-        self.blocks = nn.Sequential(*(_Block(dim, config.hidden_mult, config.dropout) for _ in range(config.blocks)))
-        self.head = nn.Linear(dim, config.labels)
+        self.blocks = nn.Sequential(*(_Block(dim, HIDDEN_MULT, DROPOUT) for _ in range(config.blocks)))
+        self.head = nn.Linear(dim, LABELS)
 
     def forward(self, emb: torch.Tensor) -> torch.Tensor:
         return self.head(self.blocks(emb))  # (N, labels)
@@ -148,18 +127,9 @@ class GateLog:
         return cls(**data)
 
 
-@contextmanager
-def _seeded(seed: int, device: torch.device) -> Iterator[None]:
-    """Seed init and dropout for a block without touching the caller's global RNG state."""
-    devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
-
-
 def random_labels(n: int, config: GateConfig) -> torch.Tensor:
     """The paper's random label per edit query, (n,) in 0..labels-1, reproducible from the seed."""
-    return torch.randint(config.labels, (n,), generator=torch.Generator().manual_seed(config.seed))
+    return torch.randint(LABELS, (n,), generator=torch.Generator().manual_seed(config.seed))
 
 
 def _shared_by_duplicates(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -193,7 +163,7 @@ def train_gate(
     def seconds() -> float:
         return before + time.perf_counter() - start
 
-    with _seeded(config.seed, x.device):
+    with seeded(config.seed, x.device):
         gate = FamiliarityGate(x.shape[1], config).to(x.device)
         optimizer = torch.optim.AdamW(gate.parameters(), lr=config.lr)
         rngs = {"batches": torch.Generator().manual_seed(config.seed + 1)}
@@ -218,6 +188,16 @@ def train_gate(
     with torch.no_grad():
         log.train_accuracy = (gate(x).argmax(dim=-1) == labels).float().mean().item()
     return gate, log
+
+
+def trained_gate(config: GateConfig, edit_embeddings: torch.Tensor, work: Path | None,
+                 progress: bool = True) -> tuple[FamiliarityGate, GateLog]:
+    """The familiarity gate (paper stage 2) trained on `edit_embeddings`; with a work directory `work`, its
+    training state is kept there under a key of the embeddings and `training_settings`, so an interrupted run
+    resumes and a longer `max_epochs` continues a shorter run (at 10,000 edits the gate trains for hours on a CPU)."""
+    key = files.digest(training_settings(config), edit_embeddings.detach().float())
+    checkpoint = work / files.GATE_TRAINING.format(key=key) if work else None
+    return train_gate(edit_embeddings, config, progress=progress, checkpoint=checkpoint)
 
 
 def training_settings(config: GateConfig) -> dict[str, Any]:
@@ -319,5 +299,6 @@ __all__ = [
     "choose_epsilon",
     "random_labels",
     "train_gate",
+    "trained_gate",
     "training_settings",
 ]

@@ -1,76 +1,98 @@
 """The edit pack: everything an edited model needs, as one directory of JSON + safetensors (never pickle).
 
     pack_config.json          format version, package version, base model + fingerprint, neuron, template,
-                              the full MegConfig, router name/config/calibration, training logs
-    edits.jsonl               the edit requests, one per line (the input format)
+                              the resolved MegConfig (every setting, once), what the router's fit produced
+                              (thresholds, calibration), the next edit id, the history of operations, logs
+    edits.jsonl               the edit requests, one per line (the input format), each with its stable `id`
     vectors.safetensors       collected neuron vectors (N, D), success (N,), loss, steps, edit embeddings (N, C)
     encoder_layer.safetensors the tuned last layer of the query encoder (absent when not tuned)
-    gate.safetensors          the router's tensors (the paper's familiarity network)
-    generator.safetensors     the diffusion generator, with generator_config.json (absent for "retrieved")
+    router.safetensors / gate.safetensors   the router's tensors (the verifier's layers / the familiarity network)
+    generator.safetensors     the diffusion generator's weights (absent for weights = "retrieved")
 
-Keeping the requests and their collected vectors means a later version can add edits without recollecting
-the old ones. `save` builds the directory next to its destination and renames it into place, so a pack on
-disk is always complete; `load` checks every file and names the one that is missing or broken.
+Format 2 stores every setting once: the router's and the generator's settings are parts of the MegConfig, and the
+router block holds only what its fit produced. Format-1 packs (meg-edit 0.1.0) load through `migrate_format_1`.
+Keeping the requests and their collected vectors means edits can be added without recollecting the old ones.
+`save` builds the directory next to its destination and renames it into place, so a pack on disk is always
+complete; `load` checks every file and names the one that is missing or broken.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from meg import __version__, files
+from meg.architectures import resolve
+from meg.collection import PRESETS as COLLECTION_PRESETS
 from meg.collection import CollectionResult
 from meg.config import MegConfig
 from meg.diffusion.generator import WeightGenerator
 from meg.errors import InputError, MegError, PackError
 from meg.prompts import PromptTemplate
-from meg.requests import EditRequest, load_edit_file, write_edit_file
+from meg.requests import EditRequest, read_jsonl, request_from_dict, write_jsonl
+from meg.routing import router_class
 from meg.surgery import NeuronSpec
 
 FORMAT = "meg-edit-pack"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+
+
+def history_entry(operation: str, count: int, **details: Any) -> dict[str, Any]:
+    """One line of a pack's history: what was done, to how many edits, when, by which version."""
+    when = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return {"operation": operation, "count": count, "date": when, "meg_version": __version__, **details}
 
 
 @dataclass
 class EditPack:
     """An edit set compiled for one base model (see module docstring for the files)."""
 
-    config: MegConfig
+    config: MegConfig  # resolved: layer, collection and generator filled in
     base_model: str
     base_fingerprint: dict[str, Any]
     neuron: NeuronSpec
     template: PromptTemplate
     requests: list[EditRequest]
+    ids: list[int]  # stable edit ids, one per request; never reused within a pack's history
     collection: CollectionResult
     edit_embeddings: torch.Tensor  # (N, C)
     encoder_state: dict[str, torch.Tensor] | None
-    router_name: str
-    router_config: dict[str, Any]
+    router_fitted: dict[str, Any]  # what the router's fit produced (thresholds, calibration, training log)
     router_state: dict[str, torch.Tensor]
-    router_state_file: str
     generator: WeightGenerator | None
+    next_id: int = -1  # the id the next added edit gets (-1: one past the largest id)
+    history: list[dict[str, Any]] = field(default_factory=list)
     log: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.next_id < 0:
+            self.next_id = max(self.ids, default=-1) + 1
 
     def __len__(self) -> int:
         return len(self.requests)
+
+    @property
+    def router_name(self) -> str:
+        return self.config.router
 
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
         """Write the pack directory atomically (an existing one is replaced only with `overwrite`)."""
         path = Path(path)
         with files.atomic_directory(path, overwrite=overwrite) as tmp:
             files.atomic_write_json(tmp / files.PACK_CONFIG, self._config_json())
-            write_edit_file(self.requests, tmp / files.PACK_EDITS)
+            write_jsonl([{"id": i, **r.to_json()} for i, r in zip(self.ids, self.requests)], tmp / files.PACK_EDITS)
             files.save_tensors(tmp / files.PACK_VECTORS, self._vector_tensors(),
                                metadata={"predictions": json.dumps(self.collection.predictions)})
             if self.encoder_state is not None:
                 files.save_tensors(tmp / files.PACK_ENCODER, self.encoder_state)
-            files.save_tensors(tmp / self.router_state_file, self.router_state)
+            files.save_tensors(tmp / router_class(self.router_name).state_file, self.router_state)
             if self.generator is not None:
-                self.generator.save(tmp)
+                files.save_tensors(tmp / files.PACK_GENERATOR, self.generator.state_dict())
         return path
 
     def _config_json(self) -> dict[str, Any]:
@@ -83,8 +105,10 @@ class EditPack:
             "template": self.template.text,
             "num_edits": len(self.requests),
             "num_collected": int(self.collection.success.sum()),
+            "next_id": self.next_id,
             "meg": self.config.to_dict(),
-            "router": {"name": self.router_name, "state_file": self.router_state_file, "config": self.router_config},
+            "router": self.router_fitted,
+            "history": self.history,
             "log": self.log,
         }
 
@@ -101,8 +125,9 @@ class EditPack:
             raise PackError(f"{path}: no such pack directory")
         meta = _read_config(path)
         try:
-            return _assemble(path, meta)
-        except (KeyError, TypeError, ValueError, MegError) as err:
+            legacy = meta.get("format_version", 1) == 1
+            return _assemble(path, migrate_format_1(path, meta) if legacy else meta, numbered_by_line=legacy)
+        except (KeyError, TypeError, ValueError, AttributeError, MegError) as err:
             if isinstance(err, PackError):
                 raise
             raise PackError(f"{path / files.PACK_CONFIG}: invalid pack config ({err})") from None
@@ -116,10 +141,13 @@ def _read_config(path: Path) -> dict[str, Any]:
         meta = files.read_json(config_path)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise PackError(f"{config_path}: corrupted JSON ({err})") from None
-    if meta.get("format") != FORMAT:
-        raise PackError(f"{config_path}: not an edit pack config (format {meta.get('format')!r})")
-    if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise PackError(f"{config_path}: pack format {meta['format_version']} is newer than this meg-edit supports")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise PackError(f"{config_path}: not an edit pack config (format {found!r})")
+    version = meta.get("format_version", 1)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise PackError(f"{config_path}: pack format {version!r} is newer than this meg-edit supports "
+                        f"({FORMAT_VERSION})")
     return meta
 
 
@@ -133,46 +161,49 @@ def _tensors(path: Path, name: str) -> dict[str, torch.Tensor]:
         raise PackError(f"{file}: corrupted safetensors file ({str(err).splitlines()[0]})") from None
 
 
-def _requests(path: Path) -> list[EditRequest]:
+def _edits(path: Path, numbered_by_line: bool) -> tuple[list[int], list[EditRequest]]:
+    """(ids, requests) from edits.jsonl; format 1 had no ids: its edits are numbered by line."""
     file = path / files.PACK_EDITS
     if not file.is_file():
         raise PackError(f"{path}: incomplete pack, missing {files.PACK_EDITS}")
     try:
-        return load_edit_file(file)
+        rows = read_jsonl(file)
+        if not rows or not all(isinstance(r, dict) for r in rows):
+            raise InputError(f"{file}: expected one JSON object per edit")
+        ids = list(range(len(rows))) if numbered_by_line else [r.pop("id", None) for r in rows]
+        if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids) or len(set(ids)) < len(ids):
+            raise InputError(f"{file}: every edit needs a distinct integer id >= 0")
+        return ids, [request_from_dict(r, f"{file} record {k}") for k, r in enumerate(rows)]
     except InputError as err:
         raise PackError(f"corrupted pack: {err}") from None
 
 
-def _assemble(path: Path, meta: dict[str, Any]) -> EditPack:
+def _assemble(path: Path, meta: dict[str, Any], numbered_by_line: bool = False) -> EditPack:
     config = MegConfig.from_dict(meta["meg"])
     neuron = NeuronSpec(**meta["neuron"])
-    requests = _requests(path)
+    ids, requests = _edits(path, numbered_by_line)
     vectors = _tensors(path, files.PACK_VECTORS)
     predictions = json.loads(files.load_metadata(path / files.PACK_VECTORS).get("predictions", "[]"))
     collection = CollectionResult(vectors["vectors"], vectors["success"], vectors["loss"], vectors["steps"], predictions)
-    _check_shapes(path, neuron, requests, collection, vectors["edit_embeddings"])
-    router = meta["router"]
+    embeddings = vectors["edit_embeddings"]
+    _check_shapes(path, neuron, requests, collection, embeddings)
     generator = None
     if config.weights == "generated":
-        for name in (files.PACK_GENERATOR, files.PACK_GENERATOR_CONFIG):
-            if not (path / name).is_file():
-                raise PackError(f"{path}: incomplete pack, missing {name}")
-        generator = WeightGenerator.load(path)
+        state = _tensors(path, files.PACK_GENERATOR)
+        generator = WeightGenerator(config.generator_for(neuron.dim), neuron.dim, embeddings.shape[1])
+        try:
+            generator.load_state_dict(state)
+        except RuntimeError as err:
+            raise PackError(f"{path / files.PACK_GENERATOR}: does not fit the configured generator "
+                            f"({str(err).splitlines()[0]})") from None
+        generator.eval()
     return EditPack(
-        config=config,
-        base_model=meta["base_model"]["name"],
-        base_fingerprint=meta["base_model"]["fingerprint"],
-        neuron=neuron,
-        template=PromptTemplate(meta["template"]),
-        requests=requests,
-        collection=collection,
-        edit_embeddings=vectors["edit_embeddings"],
+        config=config, base_model=meta["base_model"]["name"], base_fingerprint=meta["base_model"]["fingerprint"],
+        neuron=neuron, template=PromptTemplate(meta["template"]), requests=requests, ids=ids,
+        collection=collection, edit_embeddings=embeddings,
         encoder_state=_tensors(path, files.PACK_ENCODER) if config.encoder.tune else None,
-        router_name=router["name"],
-        router_config=router["config"],
-        router_state=_tensors(path, router["state_file"]),
-        router_state_file=router["state_file"],
-        generator=generator,
+        router_fitted=meta["router"], router_state=_tensors(path, router_class(config.router).state_file),
+        generator=generator, next_id=int(meta.get("next_id", -1)), history=list(meta.get("history", [])),
         log=meta.get("log", {}),
     )
 
@@ -186,3 +217,60 @@ def _check_shapes(path: Path, neuron: NeuronSpec, requests: list, collection: Co
                             f"expected {shape} for {n} edits")
     if embeddings.ndim != 2 or embeddings.shape[0] != n:
         raise PackError(f"{path / files.PACK_VECTORS}: edit_embeddings has shape {tuple(embeddings.shape)}, expected ({n}, C)")
+
+
+# --- format 1 (meg-edit 0.1.0) ---
+
+# Settings format 1 stored that became constants: the value every format-1 pack of ours used. A pack with another
+# value cannot be represented any more and is refused by name; settings that only shaped training are dropped.
+_FIXED_V1 = {"encoder": {"max_length": 128}, "gate": {"hidden_mult": 4, "dropout": 0.1, "labels": 10},
+             "verifier": {"max_length": 96}}
+_TRAINING_ONLY_V1 = {"meg": ("use_paraphrases", "sampling_steps"), "collection": ("max_new_tokens",),
+                     "generator": ("weight_decay", "max_seconds", "eval_size", "log_every", "keep_best", "zero_fraction"),
+                     "verifier": ("lr", "batch_size", "negatives_per_pair", "shipped_negatives", "link_templates")}
+# Retrieval settings older format-1 packs were written without: the behaviour they had then.
+_LEGACY_RETRIEVAL = {"approximate_subjects": None, "infer_subjects": False, "matched_calibration": False,
+                     "masked_weight": 0.0, "free_floor": False, "verifier_weight": 1.0, "match_form": False}
+
+
+def _drop_v1(section: str, values: dict[str, Any] | None) -> dict[str, Any] | None:
+    if values is None:
+        return None
+    values = dict(values)
+    for name, fixed in _FIXED_V1.get(section, {}).items():
+        if name in values and values.pop(name) != fixed:
+            raise PackError(f"this format-1 pack sets {section}.{name}, which is fixed at {fixed} since pack format 2")
+    for name in _TRAINING_ONLY_V1.get(section, ()):
+        values.pop(name, None)
+    return values
+
+
+def migrate_format_1(path: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """A format-1 pack config as format 2: every setting once in the resolved MegConfig (the router's settings as
+    the router block stored them, with the behaviour of the version that wrote them), ids 0..N-1 by line."""
+    meg, router, neuron = dict(meta["meg"]), meta["router"], meta["neuron"]
+    settings = router["config"]
+    if router["name"] == "retrieval":
+        retrieval = {**_LEGACY_RETRIEVAL, **settings["retrieval"]}
+        retrieval["verifier"] = _drop_v1("verifier", retrieval.get("verifier"))
+        meg["retrieval"], fitted = retrieval, {"thresholds": settings["thresholds"],
+                                               "calibration": settings.get("calibration") or {}}
+    else:
+        meg["gate"], fitted = settings["gate"], {"calibration": settings["calibration"],
+                                                 "training": settings.get("training", {})}
+    generator = meg.get("generator")
+    if generator is None and (path / files.PACK_GENERATOR_CONFIG).is_file():
+        generator = files.read_json(path / files.PACK_GENERATOR_CONFIG)["config"]
+    if generator is not None and meg.get("sampling_steps"):
+        generator = {**generator, "sampling_steps": meg["sampling_steps"]}  # format 1's inference override
+    collection = meg.get("collection") or COLLECTION_PRESETS[resolve(neuron["model_type"]).collection_preset].to_dict()
+    meg.update(layer=neuron["layer"], collection=_drop_v1("collection", collection),
+               generator=_drop_v1("generator", generator), encoder=_drop_v1("encoder", meg["encoder"]),
+               gate=_drop_v1("gate", meg["gate"]), retrieval=meg["retrieval"])
+    meg["retrieval"]["verifier"] = _drop_v1("verifier", meg["retrieval"].get("verifier"))
+    meg = _drop_v1("meg", meg)
+    count = int(meta.get("num_edits", 0))
+    history = [{**history_entry("fit", count, migrated_from_format=1, written_by=meta.get("meg_version")),
+                "date": None}]  # format 1 kept no date
+    return {**meta, "format_version": FORMAT_VERSION, "meg": meg, "router": fitted, "next_id": count,
+            "history": history}

@@ -140,9 +140,14 @@ def load_edit_file(path: str | Path) -> list[EditRequest]:
     return [request_from_dict(row, f"{path} record {i}") for i, row in enumerate(rows)]
 
 
+def write_jsonl(rows: Iterable[dict[str, Any]], path: str | Path) -> None:
+    """Write JSON objects as JSONL (atomically)."""
+    atomic_write_text(Path(path), "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
 def write_edit_file(requests: Iterable[EditRequest], path: str | Path) -> None:
     """Write requests as JSONL (atomically)."""
-    atomic_write_text(Path(path), "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in requests))
+    write_jsonl((r.to_json() for r in requests), path)
 
 
 def deduplicate(requests: Sequence[EditRequest]) -> tuple[list[EditRequest], list[str]]:
@@ -207,4 +212,5 @@ __all__ = [
     "load_queries",
     "request_from_dict",
     "write_edit_file",
+    "write_jsonl",
 ]

@@ -15,6 +15,8 @@ its own config and the stored values replace its scalars.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,16 @@ from meg.errors import InputError
 FORMAT_VERSION = 1
 GLOBAL_RNG = "torch_global"  # the default CPU generator (dropout on CPU draws from it)
 CUDA_RNG = "torch_cuda"  # the module's CUDA device generator (dropout on a GPU draws from it)
+
+
+@contextmanager
+def seeded(seed: int, device: torch.device | str = "cpu") -> Iterator[None]:
+    """Seed the default generators (initialisation, dropout) for a block without touching the caller's state."""
+    device = torch.device(device)
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
 
 
 def save_training_state(path: str | Path, modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer,

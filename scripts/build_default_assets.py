@@ -20,8 +20,13 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from meg.data import load_dataset
-from meg.data.defaults import (CALIBRATION_PAIRS_FILE, DEMO_COUNTERFACT_FILE, PSEUDO_PAIRS_FILE, SAME_SUBJECT_FILE,
-                               UNRELATED_FILE)
+from meg.data.defaults import (
+    CALIBRATION_PAIRS_FILE,
+    DEMO_COUNTERFACT_FILE,
+    PSEUDO_PAIRS_FILE,
+    SAME_SUBJECT_FILE,
+    UNRELATED_FILE,
+)
 from meg.data.records import read_records, text, where
 from meg.data.zsre import strip_nq_prefix
 from meg.files import atomic_write_text
@@ -118,17 +123,33 @@ def build(data: Path, out: Path, cf_pairs: int, per_source_unrelated: int, demo:
 
 def build_verifier(out: Path) -> Path:
     """Train the default routing verifier on the shipped assets and store its trained layers in `out` under the
-    name `meg.stages.trained_verifier` looks for (keyed by its inputs)."""
+    name `meg.routing.verifier.trained_verifier` looks for (keyed by its inputs)."""
     import torch
 
     from meg.data.defaults import default_negative_pairs, default_pseudo_pairs
     from meg.pseudo_edits import split_pairs
-    from meg.routing.verifier import VerifierConfig
-    from meg.stages import trained_verifier
+    from meg.routing.verifier import VerifierConfig, trained_verifier
 
     torch.set_num_threads(1)  # the shipped file was trained on one thread; keep the build reproducible
     tune_pairs, _ = split_pairs(default_pseudo_pairs())
     trained_verifier(VerifierConfig(), tune_pairs, default_negative_pairs(), out)
+    return out
+
+
+def build_encoder(out: Path) -> Path:
+    """Tune the default query encoder on the shipped pseudo pairs (the split every default fit tunes on) and store
+    its last layer in `out` under the name `meg.encoder.tuned_encoder` looks for (keyed by its inputs)."""
+    import torch
+
+    from meg.config import MegConfig
+    from meg.data.defaults import default_pseudo_pairs
+    from meg.encoder import tuned_encoder
+    from meg.pseudo_edits import split_pairs
+
+    torch.set_num_threads(1)  # one thread, like the shipped verifier: the build is reproducible on one machine
+    config = MegConfig()
+    tune_pairs, _ = split_pairs(default_pseudo_pairs(), seed=config.seed)
+    tuned_encoder(config.encoder, tune_pairs, out)
     return out
 
 
@@ -142,13 +163,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--same-subject", type=int, default=3000, help="KnowEdit-train same-subject question pairs")
     parser.add_argument("--calibration", type=int, default=3000, help="CounterFact pairs held out for calibration")
     parser.add_argument("--verifier", action="store_true", help="also train the default routing verifier")
+    parser.add_argument("--encoder", action="store_true", help="also tune the default query encoder")
+    parser.add_argument("--only-trained", action="store_true", help="only the trained assets (--verifier/--encoder)")
     args = parser.parse_args(argv)
-    counts = build(args.data.resolve(), args.out, args.cf_pairs, args.unrelated, args.demo, args.same_subject,
-                   args.calibration)
-    for name, count in counts.items():
-        print(f"{args.out / name}: {count} rows")
+    if not args.only_trained:
+        counts = build(args.data.resolve(), args.out, args.cf_pairs, args.unrelated, args.demo, args.same_subject,
+                       args.calibration)
+        for name, count in counts.items():
+            print(f"{args.out / name}: {count} rows")
     if args.verifier:
         print(f"verifier stored in {build_verifier(args.out)}")
+    if args.encoder:
+        print(f"encoder stored in {build_encoder(args.out)}")
 
 
 if __name__ == "__main__":

@@ -118,7 +118,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     texts, pairs, dropped = load_data(args)
-    config = replace(EncoderConfig(), **json.loads(args.config))
+    config = replace(EncoderConfig.paper(), **json.loads(args.config))  # the committed rows: the paper's tuning
     encoder = QueryEncoder.from_config(config)
     untuned_emb, seconds = embed_all(encoder, texts)
     tuned_encoder = copy.deepcopy(encoder)

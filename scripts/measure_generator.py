@@ -64,9 +64,9 @@ def prepare(args: argparse.Namespace):
     from meg.config import MegConfig
     from meg.data import load_dataset
     from meg.data.defaults import default_pseudo_pairs
+    from meg.encoder import tuned_encoder
     from meg.models import load_causal_lm
     from meg.pseudo_edits import split_pairs
-    from meg.stages import tuned_encoder
     from meg.surgery import neuron_spec
 
     model, tokenizer = load_causal_lm("reference")

@@ -177,9 +177,9 @@ def test_alphaedit_solve_is_exactly_in_the_null_space():
     "build, message",
     [
         (lambda: FTConfig(lr=-1.0), r"FTConfig\.lr must be > 0, got -1\.0"),
-        (lambda: FTConfig(params="all"), r"FTConfig\.params must be 'ffn' or 'ffn_out', got 'all'"),
+        (lambda: FTConfig(params="all"), r"FTConfig\.params must be one of: ffn, ffn_out, got 'all'"),
         (lambda: MEMITConfig(v_steps=0), r"MEMITConfig\.v_steps must be >= 1, got 0"),
-        (lambda: MEMITConfig(layers=[]), r"MEMITConfig\.layers must list at least one layer"),
+        (lambda: MEMITConfig(layers=[]), r"MEMITConfig\.layers must be a non-empty list of layers"),
         (lambda: AlphaEditConfig(nullspace_threshold=0.0), r"AlphaEditConfig\.nullspace_threshold must be > 0"),
         (lambda: MEMITConfig.from_dict({"v_lr": 0.1, "lr": 1}), r"unknown MEMITConfig fields: lr"),
         (lambda: resolve_config(FTConfig, "huge", FT_PRESETS), r"unknown FTConfig preset 'huge'; choose one of"),

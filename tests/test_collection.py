@@ -16,7 +16,7 @@ from meg.prompts import answers_match
 from meg.requests import EditRequest
 from meg.surgery import neuron_spec
 
-CONFIG = CollectionConfig(lr=3.0, steps=100, input_lr_scale=0.01, init_bias=1.0, batch_size=8, max_new_tokens=4)
+CONFIG = CollectionConfig(lr=3.0, steps=100, input_lr_scale=0.01, init_bias=1.0, batch_size=8)
 REQUESTS = [EditRequest(p, t, case_id=str(i)) for i, ((p, _), t) in enumerate(zip(FACTS, NEW_TARGETS))]
 
 
@@ -85,23 +85,26 @@ def test_resume_after_interruption_gives_the_same_vectors(fact_gpt2, tokenizer, 
 
     monkeypatch.setattr(collection, "_collect_chunk", failing_chunk)
     with pytest.raises(_Interrupted):
-        collect_weights(fact_gpt2, tokenizer, spec, REQUESTS, config, cache_dir=tmp_path, progress=False)
-    assert sorted(p.name for p in tmp_path.glob("chunk-*")) == ["chunk-00000.safetensors"]
-    assert not list(tmp_path.glob(".*tmp"))
+        collect_weights(fact_gpt2, tokenizer, spec, REQUESTS, config, work=tmp_path, progress=False)
+    assert sorted(p.name for p in tmp_path.glob("collection-*/chunk-*")) == ["chunk-00000.safetensors"]
+    assert not list(tmp_path.glob("**/.*tmp"))
 
     calls.clear()
     fail_at.clear()
-    resumed = collect_weights(fact_gpt2, tokenizer, spec, REQUESTS, config, cache_dir=tmp_path, progress=False)
+    resumed = collect_weights(fact_gpt2, tokenizer, spec, REQUESTS, config, work=tmp_path, progress=False)
     assert len(calls) == math.ceil(len(REQUESTS) / 3) - 1  # every chunk but chunk 0, which came from disk
     assert torch.equal(resumed.vectors, reference.vectors)
     assert resumed.predictions == reference.predictions
 
 
-def test_cache_of_another_job_is_refused(fact_gpt2, tokenizer, tmp_path):
+def test_jobs_sharing_a_work_directory_keep_apart_and_a_foreign_cache_is_refused(fact_gpt2, tokenizer, tmp_path):
     spec = neuron_spec(fact_gpt2, layer=1)
-    collect_weights(fact_gpt2, tokenizer, spec, REQUESTS[:1], CONFIG, cache_dir=tmp_path, progress=False)
+    collect_weights(fact_gpt2, tokenizer, spec, REQUESTS[:1], CONFIG, work=tmp_path, progress=False)
+    collect_weights(fact_gpt2, tokenizer, spec, REQUESTS[1:2], CONFIG, work=tmp_path, progress=False)
+    first, second = sorted(tmp_path.glob("collection-*"))
+    assert len(list(first.glob("chunk-*"))) == len(list(second.glob("chunk-*"))) == 1
     with pytest.raises(InputError, match="holds a collection of other edits"):
-        collect_weights(fact_gpt2, tokenizer, spec, REQUESTS[1:2], CONFIG, cache_dir=tmp_path, progress=False)
+        collection._ChunkCache(first, second.name.removeprefix("collection-"))
 
 
 def test_initial_vector_is_shared_and_seeded(fact_gpt2):

@@ -145,7 +145,7 @@ def test_paper_gate_router_and_retrieved_weights(fact_gpt2, tokenizer, tmp_path)
     # 40 calibration queries support a 5% target rate (2% needs >= 49).
     gate = GateConfig(max_epochs=300, target_unrelated_rate=0.05)
     pack = fit(fact_gpt2, tokenizer, tiny_config(router="paper-gate", weights="retrieved", gate=gate))
-    assert pack.generator is None and pack.router_config["calibration"]["method"] == "calibrated"
+    assert pack.generator is None and pack.router_fitted["calibration"]["method"] == "calibrated"
     edited = EditedModel(fact_gpt2, tokenizer, pack.save(tmp_path / "p") and EditPack.load(tmp_path / "p"))
     rows = edited.describe([r.prompt for r in REQUESTS])
     assert all("entropy" in row for row in rows)

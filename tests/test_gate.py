@@ -122,13 +122,13 @@ def test_fixed_epsilon_is_honoured(trained):
 
 @pytest.mark.parametrize(
     "field, value",
-    [("dropout", 1.0), ("lr", 0.0), ("blocks", -1), ("labels", 1), ("epsilon", -0.1),
+    [("stop_loss", -1.0), ("lr", 0.0), ("blocks", -1), ("seed", -1), ("epsilon", -0.1),
      ("target_unrelated_rate", 0.0), ("target_unrelated_rate", 1.0), ("batch_size", 0), ("max_epochs", 2.5)],
 )
 def test_config_validation_names_the_field(field, value):
     with pytest.raises(InputError) as err:
         GateConfig(**{field: value})
-    assert repr(field) in str(err.value) and "\n" not in str(err.value)
+    assert f"GateConfig.{field} must be" in str(err.value) and "\n" not in str(err.value)
 
 
 def test_config_round_trips_and_rejects_unknown_fields():
@@ -181,7 +181,7 @@ def test_a_finished_checkpoint_is_loaded_and_a_longer_one_is_left_alone(tmp_path
 
 
 def test_trained_gate_keys_its_checkpoint_by_inputs(tmp_path):
-    from meg.stages import trained_gate
+    from meg.gate import trained_gate
 
     edits = _unit(20, seed=8)
     trained_gate(GateConfig(max_epochs=2, seed=1), edits, tmp_path, progress=False)

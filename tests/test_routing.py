@@ -8,7 +8,6 @@ from dataclasses import replace
 import pytest
 import torch
 
-from meg.config import MegConfig
 from meg.errors import InputError
 from meg.gate import GateConfig
 from meg.requests import PseudoPair
@@ -138,8 +137,8 @@ def test_fit_calibrates_on_held_out_pairs_and_unrelated_queries():
     pairs = [PseudoPair(f"{n} is a citizen of", f"{n} is a citizen of which country", n) for n in names]
     unrelated = [f"Query number {i} about weather" for i in range(200)]
     data = RoutingData(PROMPTS, encode(PROMPTS), [None, None, None], unrelated, encode(unrelated), pairs,
-                       extra={"encode": encode})
-    router = RetrievalRouter.fit(data, MegConfig(retrieval=COSINE))
+                       encode=encode)
+    router = RetrievalRouter.fit(data, COSINE)
     assert router.calibration["paraphrase_pairs"] == 40
     achieved = router.route(unrelated, encode(unrelated)).routed.double().mean()
     assert achieved <= 0.02 and router.calibration["achieved_unrelated_rate"] == pytest.approx(float(achieved))
@@ -170,10 +169,10 @@ def test_free_threshold_never_below_what_held_out_paraphrases_reach():
     pairs = [PseudoPair(f"Question {i} asked", f"Question {i} asked para", None) for i in range(40)]
     unrelated = [f"Query number {i} about weather" for i in range(200)]
     data = RoutingData(PROMPTS, encode(PROMPTS), [None, None, None], unrelated, encode(unrelated), pairs,
-                       extra={"encode": encode})
+                       encode=encode)
     config = replace(COSINE, infer_subjects=False, subject_threshold=0.5)
-    floored = RetrievalRouter.fit(data, MegConfig(retrieval=config))
-    bare = RetrievalRouter.fit(data, MegConfig(retrieval=RetrievalConfig(**{**config.to_dict(), "free_floor": False})))
+    floored = RetrievalRouter.fit(data, config)
+    bare = RetrievalRouter.fit(data, replace(config, free_floor=False))
     assert bare.thresholds["free"] < 0.6
     assert floored.thresholds["free"] == floored.calibration["free_floor"] == pytest.approx(0.9, abs=1e-5)
     queries = [f"near {PROMPTS[0]}", f"close {PROMPTS[1]}"]
@@ -213,8 +212,11 @@ def test_matched_calibration_uses_the_pairs_nearest_to_the_edits():
         pairs = [PseudoPair(f"{k} {i} S{i} q" + (close_mark if k == "close" else ""), f"{k} {i} S{i} para", f"S{i}")
                  for i in range(60) for k in (["loose"] if i < 40 else ["close"])]
         data = RoutingData(prompts, encode(prompts), [f"E{i}" for i in range(len(prompts))], [],
-                           torch.zeros(0, dim), pairs, extra={"encode": encode})
-        return RetrievalRouter.fit(data, MegConfig(retrieval=replace(COSINE, **settings)))
+                           torch.zeros(0, dim), pairs, encode=encode)
+        return RetrievalRouter.fit(data, replace(COSINE, **settings))
+
+    one = fit("", ["close 100 E0 q"])  # a single edit counts its 50 nearest pairs, not the one nearest
+    assert one.calibration["pairs_nearest_to_edits"] == 50
 
     close_edits = [f"close {100 + i} E{i} q" for i in range(5)]
     matched = fit("", close_edits).thresholds["subject"]
@@ -232,9 +234,9 @@ def test_matched_calibration_uses_the_pairs_nearest_to_the_edits():
 
 def test_too_few_pairs_to_calibrate_is_one_line():
     encode = fake_encoder()
-    data = RoutingData(PROMPTS, encode(PROMPTS), SUBJECTS, [], torch.zeros(0, 16), [], extra={"encode": encode})
+    data = RoutingData(PROMPTS, encode(PROMPTS), SUBJECTS, [], torch.zeros(0, 16), [], encode=encode)
     with pytest.raises(InputError, match="needs >= 20 held-out pseudo pairs with a subject, got 0"):
-        RetrievalRouter.fit(data, MegConfig(retrieval=COSINE))
+        RetrievalRouter.fit(data, COSINE)
 
 
 def test_paper_gate_routes_below_epsilon():
@@ -242,11 +244,11 @@ def test_paper_gate_routes_below_epsilon():
     edits = [f"Edit prompt number {i}" for i in range(30)]
     unrelated = [f"Unrelated query {i}" for i in range(200)]
     data = RoutingData(edits, encode(edits), [None] * 30, unrelated, encode(unrelated))
-    fixed = router_class("paper-gate").fit(data, MegConfig(gate=GateConfig(max_epochs=400, epsilon=0.5)), False)
+    fixed = router_class("paper-gate").fit(data, GateConfig(max_epochs=400, epsilon=0.5), False)
     routes = fixed.route(edits, encode(edits))
     assert routes.routed.all() and (routes.edit == torch.arange(30)).all()  # memorised: entropy ~ 0
     assert fixed.calibration.method == "fixed" and fixed.calibration.epsilon == 0.5
-    calibrated = router_class("paper-gate").fit(data, MegConfig(gate=GateConfig(max_epochs=400)), False)
+    calibrated = router_class("paper-gate").fit(data, GateConfig(max_epochs=400), False)
     assert calibrated.route(unrelated, encode(unrelated)).routed.double().mean() <= 0.02
     assert set(ROUTERS) == {"paper-gate", "retrieval"}
 

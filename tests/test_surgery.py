@@ -11,7 +11,7 @@ from transformers.pytorch_utils import Conv1D
 from conftest import TINY_CONFIGS, build_model
 from meg.architectures import ARCHITECTURES, ArchSpec, resolve
 from meg.errors import InputError, UnsupportedModelError
-from meg.surgery import mount_neuron, neuron_spec, num_layers
+from meg.surgery import logits_at, mount_neuron, neuron_spec, num_layers
 
 IDS = torch.tensor([[5, 17, 42, 99, 7, 3], [11, 12, 13, 14, 15, 16], [21, 22, 23, 24, 25, 26]])
 
@@ -44,6 +44,20 @@ def test_zero_neuron_is_an_exact_noop(model_type):
     mixed = _logits(model, weights, spec)
     assert torch.equal(mixed[[0, 2]], base[[0, 2]])
     assert not torch.allclose(mixed[1], base[1])
+
+
+@pytest.mark.parametrize("model_type", sorted(ARCHITECTURES))
+def test_logits_at_selected_positions_equal_the_full_forward(model_type):
+    model = build_model(model_type)
+    spec = neuron_spec(model, layer=1)
+    weights = _random_weights(spec)
+    where = torch.zeros_like(IDS, dtype=torch.bool)
+    where[0, 2:4], where[1, 5], where[2, 0] = True, True, True
+    with torch.no_grad(), mount_neuron(model, spec, weights):
+        full = model(input_ids=IDS, attention_mask=torch.ones_like(IDS)).logits[where]
+        selected = logits_at(model, IDS, torch.ones_like(IDS), where)
+    assert selected.shape == (4, full.shape[-1])
+    assert torch.allclose(selected, full, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("model_type", sorted(ARCHITECTURES))

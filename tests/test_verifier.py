@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 
 import pytest
 import torch
 
 from conftest import PSEUDO_PAIRS
-from meg.config import MegConfig
 from meg.requests import EditRequest, NegativePair, PseudoPair
 from meg.routing import RetrievalConfig, RoutingData
 from meg.routing.retrieval import RetrievalRouter
@@ -21,7 +19,7 @@ NEGATIVES = [NegativePair("The occupation of Dee Dee is", "The gender of Dee Dee
 
 
 def test_training_examples_pair_positives_both_ways_and_add_same_subject_negatives():
-    examples = training_examples(VerifierConfig(negatives_per_pair=2), PAIRS, NEGATIVES)
+    examples = training_examples(VerifierConfig(), PAIRS, NEGATIVES)
     positives = {(a, b) for a, b, y in examples if y == 1.0}
     assert ("Where was Ada born?", "In which city was Ada born?") in positives
     assert ("In which city was Ada born?", "Where was Ada born?") in positives
@@ -31,7 +29,7 @@ def test_training_examples_pair_positives_both_ways_and_add_same_subject_negativ
     assert any(a == "Where was Ada born?" and "Ada" in b and b != "In which city was Ada born?" for a, b in negatives)
     # Question-style pairs also get the shipped declarative templates with their own subject.
     assert ("Where was Ada born?", "The gender of Ada is") in negatives
-    assert examples == training_examples(VerifierConfig(negatives_per_pair=2), PAIRS, NEGATIVES)  # seeded
+    assert examples == training_examples(VerifierConfig(), PAIRS, NEGATIVES)  # seeded
 
 
 def test_templates_linked_by_a_pair_are_one_relation_and_never_each_others_negative():
@@ -41,13 +39,8 @@ def test_templates_linked_by_a_pair_are_one_relation_and_never_each_others_negat
     relation = linked_templates(reworded)
     assert relation["The occupation of {} is"] == relation["The profession of {} is"] == relation["{} works as a"]
     assert relation["{} was born in"] != relation["The occupation of {} is"]
-    config = VerifierConfig(negatives_per_pair=50, shipped_negatives=0, link_templates=True)
-    negatives = {(a, b) for a, b, y in training_examples(config, reworded, []) if y == 0.0}
-    assert ("The occupation of Ann Ito is", "Cy Dorn was born in".replace("Cy Dorn", "Ann Ito")) in negatives
-    assert ("The occupation of Ann Ito is", "The profession of Ann Ito is") not in negatives
-    assert ("The profession of Bo Chen is", "The occupation of Bo Chen is") not in negatives
-    # Without linking (the default), another template is taken for another relation.
-    unlinked = {(a, b) for a, b, y in training_examples(replace(config, link_templates=False), reworded, [])
+    # The verifier does not link them (measured neutral, docs/LOG.md): another template is another relation.
+    unlinked = {(a, b) for seed in range(20) for a, b, y in training_examples(VerifierConfig(seed=seed), reworded, [])
                 if y == 0.0}
     assert ("The profession of Bo Chen is", "The occupation of Bo Chen is") in unlinked
 
@@ -92,11 +85,12 @@ def test_a_repeat_of_an_edit_prompt_is_routed_whatever_the_verifier_says():
 def test_router_calibrates_on_verifier_scores(monkeypatch):
     pairs = [PseudoPair(f"Where was P{i} born?", f"P{i} was born in which place, born?", f"P{i}") for i in range(30)]
     data = RoutingData(["Where was Ada born?"], torch.eye(1, 4), ["Ada"], [], torch.zeros(0, 4), pairs,
-                       extra={"encode": lambda texts: torch.nn.functional.normalize(torch.ones(len(texts), 4), dim=1)})
-    import meg.stages
+                       encode=lambda texts: torch.nn.functional.normalize(torch.ones(len(texts), 4), dim=1))
+    import meg.routing.retrieval
 
-    monkeypatch.setattr(meg.stages, "trained_verifier", lambda *args, **kwargs: (FakeVerifier(), {"examples": 0}))
-    router = RetrievalRouter.fit(data, MegConfig(retrieval=RetrievalConfig(verifier=VerifierConfig())))
+    monkeypatch.setattr(meg.routing.retrieval, "trained_verifier",
+                        lambda *args, **kwargs: (FakeVerifier(), {"examples": 0}))
+    router = RetrievalRouter.fit(data, RetrievalConfig(verifier=VerifierConfig()))
     assert router.thresholds["subject"] == 1.0  # every held-out paraphrase scores 1 with the fake verifier
     assert router.calibration["verifier_training"] == {"examples": 0}
 
@@ -113,7 +107,7 @@ def test_blended_score_is_the_mean_rank_of_verifier_and_cosine_among_held_out_pa
     """verifier_weight 0.5: each score becomes its rank (weighted CDF) among the held-out pairs and the two
     ranks are averaged; the threshold keeps `paraphrase_recall` of the pairs on that scale; the lookup tables
     travel in the router state."""
-    import meg.stages
+    import meg.routing.retrieval
 
     gen = torch.Generator().manual_seed(0)
     table: dict[str, torch.Tensor] = {}
@@ -126,10 +120,10 @@ def test_blended_score_is_the_mean_rank_of_verifier_and_cosine_among_held_out_pa
     pairs = [PseudoPair(f"Where was P{i} born?", f"P{i} was born where{' then' * (i % 4)}?", f"P{i}")
              for i in range(40)]
     prompts = ["Where was Ada born?"]
-    data = RoutingData(prompts, encode(prompts), ["Ada"], [], torch.zeros(0, 8), pairs, extra={"encode": encode})
-    monkeypatch.setattr(meg.stages, "trained_verifier", lambda *args, **kwargs: (GradedVerifier(), {}))
+    data = RoutingData(prompts, encode(prompts), ["Ada"], [], torch.zeros(0, 8), pairs, encode=encode)
+    monkeypatch.setattr(meg.routing.retrieval, "trained_verifier", lambda *args, **kwargs: (GradedVerifier(), {}))
     config = RetrievalConfig(verifier=VerifierConfig(), verifier_weight=0.5, matched_calibration=False, masked_weight=0)
-    router = RetrievalRouter.fit(data, MegConfig(retrieval=config))
+    router = RetrievalRouter.fit(data, config)
     ranks = router._rank("verifier", router.reference["verifier"])
     assert ranks[-1] == 1.0 and bool((ranks[1:] >= ranks[:-1]).all())  # a CDF over the pairs' own scores
     blended = router._blend(router.reference["cosine"][:1], router.reference["verifier"][-1:])
@@ -147,10 +141,8 @@ def test_blended_score_is_the_mean_rank_of_verifier_and_cosine_among_held_out_pa
         def load_tuned_state(self, state):
             assert set(state) == {"w"}
 
-    import meg.routing.retrieval
-
     monkeypatch.setattr(meg.routing.retrieval, "SubjectVerifier", Loadable)
-    again = RetrievalRouter.from_state(router.config_dict(), state, data.edit_embeddings,
+    again = RetrievalRouter.from_state(config, router.fitted(), state, data.edit_embeddings,
                                        [EditRequest(prompts[0], "London", "Ada")], encode)
     assert torch.equal(again.scores(query, encode(query))["subject_sim"],
                        router.scores(query, encode(query))["subject_sim"])
@@ -164,7 +156,7 @@ def test_retrieval_config_round_trips_the_verifier_settings():
 
 @pytest.mark.integration
 def test_trained_verifier_state_loads_into_a_fresh_one():
-    config = VerifierConfig(epochs=1, shipped_negatives=4, batch_size=8)
+    config = VerifierConfig(epochs=1)
     pairs = [PseudoPair(q, p, s) for q, p, s in PSEUDO_PAIRS]
     verifier = SubjectVerifier(config)
     log = verifier.train(pairs, NEGATIVES, progress=False)
@@ -182,7 +174,8 @@ def test_a_verifier_shipped_for_the_same_inputs_is_loaded_not_trained(tmp_path, 
 
     import meg.data.defaults
     from meg import files
-    from meg.stages import digest, trained_verifier
+    from meg.files import digest
+    from meg.routing.verifier import trained_verifier
 
     config = VerifierConfig(epochs=1)
     key = digest(config.to_dict(), [asdict(p) for p in PAIRS], [asdict(n) for n in NEGATIVES])
@@ -196,7 +189,7 @@ def test_a_verifier_shipped_for_the_same_inputs_is_loaded_not_trained(tmp_path, 
 
 
 def test_a_verifier_trained_in_a_work_directory_is_stored_there_and_reused(tmp_path, monkeypatch):
-    from meg.stages import trained_verifier
+    from meg.routing.verifier import trained_verifier
 
     calls = []
     monkeypatch.setattr(SubjectVerifier, "train", lambda self, pairs, negatives, progress=True: calls.append(1) or {})

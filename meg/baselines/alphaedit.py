@@ -25,6 +25,7 @@ from meg.baselines.base import WeightEditedLM, resolve_config
 from meg.baselines.memit import LocateConfig, UpdateFn, locate_and_edit
 from meg.methods.base import EditContext
 from meg.requests import EditRequest
+from meg.settings import Rules
 
 
 @dataclass(frozen=True)
@@ -35,9 +36,9 @@ class AlphaEditConfig(LocateConfig):
     nullspace_threshold: float = 2e-2  # eigenvalues of E[k k^T] below this span the null space
     l2: float = 10.0  # the `L2` ridge of the research code
 
-    def _checks(self) -> dict[str, tuple[bool, str]]:
-        return {**super()._checks(), "nullspace_threshold": (self.nullspace_threshold > 0, "be > 0"),
-                "l2": (self.l2 > 0, "be > 0")}  # fmt: skip
+    def rules(self) -> Rules:
+        return {**super().rules(), "nullspace_threshold": (self.nullspace_threshold > 0, "> 0"),
+                "l2": (self.l2 > 0, "> 0")}  # fmt: skip
 
 
 # Best Score of the sweep on the reference model at the benchmarks' size (1,024 counterfact-val edits, one batch):

@@ -16,22 +16,17 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import PreTrainedTokenizerBase
 
-from meg.dict_io import DictIO
 from meg.errors import InputError
 from meg.methods.unedited import PlainLM
 from meg.prompts import AnswerBatch, LossTokens, PromptTemplate, pad_id
+from meg.settings import Settings
 
 C = TypeVar("C", bound="BaselineConfig")
 
 
-class BaselineConfig(DictIO):
-    """Mixin for a baseline's frozen config dataclass: one-line validation, to_dict / from_dict (DictIO)."""
-
-    def _require(self, checks: dict[str, tuple[bool, str]]) -> None:
-        """`checks`: field -> (ok, rule). The first failing field raises `<Class>.<field> must <rule>, got <v>`."""
-        for name, (ok, rule) in checks.items():
-            if not ok:
-                raise InputError(f"{type(self).__name__}.{name} must {rule}, got {getattr(self, name)!r}")
+class BaselineConfig(Settings):
+    """Mixin for a baseline's frozen config dataclass: types and `rules()` checked, to_dict / from_dict
+    (meg.settings.Settings)."""
 
 
 def resolve_config(kind: type[C], value: Any, presets: dict[str, C]) -> C:

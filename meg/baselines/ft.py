@@ -32,6 +32,7 @@ from meg.errors import InputError
 from meg.methods.base import EditContext
 from meg.prompts import AnswerBatch, LossTokens, encode_answers
 from meg.requests import EditRequest
+from meg.settings import Rules
 from meg.surgery import context_length, ffn_module, ffn_output_projection, neuron_spec
 
 FTParams = Literal["ffn", "ffn_out"]
@@ -50,16 +51,15 @@ class FTConfig(BaselineConfig):
     loss_tokens: LossTokens = "target"  # "target" (paper); "answer" = target + "." + EOS
     batch_size: int = 64  # edits per forward/backward (gradients accumulate over the whole batch per step)
 
-    def __post_init__(self) -> None:
-        self._require({
-            "loss_tokens": (self.loss_tokens in ("target", "answer"), "be 'target' or 'answer'"),
-            "params": (self.params in ("ffn", "ffn_out"), "be 'ffn' or 'ffn_out'"),
-            "lr": (self.lr > 0, "be > 0"),
-            "steps": (self.steps >= 1, "be >= 1"),
-            "weight_decay": (self.weight_decay >= 0, "be >= 0"),
-            "norm_constraint": (self.norm_constraint is None or self.norm_constraint > 0, "be > 0 or None"),
-            "batch_size": (self.batch_size >= 1, "be >= 1"),
-        })  # fmt: skip
+    def rules(self) -> Rules:
+        return {
+            "layer": (self.layer is None or self.layer >= 0, ">= 0 or null"),
+            "lr": (self.lr > 0, "> 0"),
+            "steps": (self.steps >= 1, ">= 1"),
+            "weight_decay": (self.weight_decay >= 0, ">= 0"),
+            "norm_constraint": (self.norm_constraint is None or self.norm_constraint > 0, "> 0 or null"),
+            "batch_size": (self.batch_size >= 1, ">= 1"),
+        }
 
 
 # Best Score of the sweep on the reference model (64 counterfact-val edits, one batch): docs/results/

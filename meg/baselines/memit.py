@@ -32,6 +32,8 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import PreTrainedTokenizerBase
 
+from meg import files
+from meg.architectures import check_layer
 from meg.baselines.base import (
     BaselineConfig,
     WeightEditedLM,
@@ -42,15 +44,14 @@ from meg.baselines.base import (
     select_rows,
     target_nll,
 )
-from meg import files
-from meg.architectures import check_layer
 from meg.baselines.covariance import corpus_for_model, second_moments
 from meg.errors import InputError
+from meg.files import digest
 from meg.methods.base import EditContext
 from meg.models import fingerprint
 from meg.prompts import AnswerBatch, LossTokens, PromptTemplate, encode_answers
 from meg.requests import EditRequest
-from meg.stages import digest
+from meg.settings import Rules
 from meg.surgery import (
     CaptureSite,
     add_linear_update,
@@ -84,22 +85,17 @@ class LocateConfig(BaselineConfig):
     batch_size: int = 64  # edits per forward
     seed: int = 0  # corpus sample
 
-    def __post_init__(self) -> None:
-        if self.layers is not None:
-            object.__setattr__(self, "layers", tuple(int(layer) for layer in self.layers))
-        self._require(self._checks())
-
-    def _checks(self) -> dict[str, tuple[bool, str]]:
+    def rules(self) -> Rules:
         return {
-            "layers": (self.layers is None or len(self.layers) > 0, "list at least one layer, or be None"),
-            "v_lr": (self.v_lr > 0, "be > 0"),
-            "v_steps": (self.v_steps >= 1, "be >= 1"),
-            "v_weight_decay": (self.v_weight_decay >= 0, "be >= 0"),
-            "clamp_norm_factor": (self.clamp_norm_factor > 0, "be > 0"),
-            "kl_factor": (self.kl_factor >= 0, "be >= 0"),
-            "loss_tokens": (self.loss_tokens in ("target", "answer"), "be 'target' or 'answer'"),
-            "mom2_n_texts": (self.mom2_n_texts is None or self.mom2_n_texts >= 1, "be >= 1 or None"),
-            "batch_size": (self.batch_size >= 1, "be >= 1"),
+            "layers": (self.layers is None or (len(self.layers) > 0 and min(self.layers) >= 0),
+                       "a non-empty list of layers >= 0, or null"),
+            "v_lr": (self.v_lr > 0, "> 0"),
+            "v_steps": (self.v_steps >= 1, ">= 1"),
+            "v_weight_decay": (self.v_weight_decay >= 0, ">= 0"),
+            "clamp_norm_factor": (self.clamp_norm_factor > 0, "> 0"),
+            "kl_factor": (self.kl_factor >= 0, ">= 0"),
+            "mom2_n_texts": (self.mom2_n_texts is None or self.mom2_n_texts >= 1, ">= 1 or null"),
+            "batch_size": (self.batch_size >= 1, ">= 1"),
         }
 
 
@@ -109,8 +105,8 @@ class MEMITConfig(LocateConfig):
 
     mom2_update_weight: float = 15000.0
 
-    def _checks(self) -> dict[str, tuple[bool, str]]:
-        return {**super()._checks(), "mom2_update_weight": (self.mom2_update_weight > 0, "be > 0")}
+    def rules(self) -> Rules:
+        return {**super().rules(), "mom2_update_weight": (self.mom2_update_weight > 0, "> 0")}
 
 
 # Best Score of the sweep on the reference model at the benchmarks' size (1,024 counterfact-val edits, one batch):

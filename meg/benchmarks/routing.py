@@ -16,16 +16,14 @@ from typing import Any
 
 import torch
 
-from meg.config import MegConfig, default_encoder_config
-from meg.encoder import EncoderConfig
+from meg.encoder import EncoderConfig, tuned_encoder
 from meg.gate import GateConfig
+from meg.prompts import normalize_answer
 from meg.pseudo_edits import split_pairs
 from meg.requests import EditRequest, PseudoPair
 from meg.results import markdown_table, read_results, write_results
-from meg.prompts import normalize_answer
 from meg.routing import RetrievalConfig, Routes, RoutingData, router_class
 from meg.routing.subjects import SubjectIndex
-from meg.stages import tuned_encoder
 
 
 @dataclass(frozen=True)
@@ -41,66 +39,67 @@ class RouterVariant:
     gate_config: dict | None = None  # overrides of GateConfig fields (the paper's gate)
 
 
-_HARD = {"hard_negatives": default_encoder_config().hard_negatives, "temperature": default_encoder_config().temperature}
+# Encoders: the default EncoderConfig() is InfoNCE + 6 hard negatives at T 0.05 ("hard"); "tuned" is the paper's.
+_PAPER = {"hard_negatives": EncoderConfig.paper().hard_negatives, "temperature": EncoderConfig.paper().temperature}
 # The cosine-scored router of 2026-11-30 (session 5): the ablations below vary one thing against it.
 _COSINE = {"verifier": None, "paraphrase_recall": 0.97, "verifier_weight": 1.0}
 _CAPPED = {"max_epochs": 300}  # the paper gate's CPU budget at 10,000 edits (see the -300 rows)
 VARIANTS: dict[str, RouterVariant] = {
     "paper-gate/untuned": RouterVariant("paper gate, untuned encoder", "paper-gate", tuned_encoder=False),
-    "paper-gate/tuned": RouterVariant("paper gate, InfoNCE encoder", "paper-gate"),
+    "paper-gate/tuned": RouterVariant("paper gate, InfoNCE encoder", "paper-gate", encoder_config=_PAPER),
     "paper-gate/hard": RouterVariant("paper gate, InfoNCE + hard negatives (the meg-gate method)", "paper-gate",
-                                     encoder_config=_HARD),
+                                     ),
     # At 10,000 edits one epoch takes ~7-8 s on a CPU thread and the uncapped gates (up to 2,000 epochs) take hours
     # each (their training resumes across runs); these rows say what 300 epochs give.
     "paper-gate/untuned-300": RouterVariant("paper gate, untuned encoder, training capped at 300 epochs (a CPU "
                                             "budget; the paper trains to convergence)", "paper-gate",
                                             tuned_encoder=False, gate_config=_CAPPED),
     "paper-gate/tuned-300": RouterVariant("paper gate, InfoNCE encoder, training capped at 300 epochs", "paper-gate",
-                                          gate_config=_CAPPED),
+                                          encoder_config=_PAPER, gate_config=_CAPPED),
     "paper-gate/hard-300": RouterVariant("paper gate, InfoNCE + hard negatives, training capped at 300 epochs",
-                                         "paper-gate", encoder_config=_HARD, gate_config=_CAPPED),
+                                         "paper-gate", gate_config=_CAPPED),
     "retrieval/default": RouterVariant("subject-verified retrieval as configured by default (RetrievalConfig(), "
-                                       "hard-negative encoder)", "retrieval", encoder_config=_HARD),
+                                       "hard-negative encoder)", "retrieval"),
     "inferred/default": RouterVariant("the default router with edits given WITHOUT subjects: subjects guessed from "
                                       "the prompts (meg.routing.subjects.infer_subject)", "retrieval",
-                                      use_subjects=False, encoder_config=_HARD),
+                                      use_subjects=False),
     "nearest/tuned": RouterVariant("retrieval with edits given WITHOUT subjects (nearest edit + calibrated cosine), "
-                                   "InfoNCE encoder", "retrieval", use_subjects=False,
+                                   "InfoNCE encoder", "retrieval", use_subjects=False, encoder_config=_PAPER,
                                    retrieval_config={"infer_subjects": False}),
     "nearest/hard": RouterVariant("retrieval with edits given WITHOUT subjects (nearest edit + calibrated cosine), "
-                                  "hard-negative encoder", "retrieval", use_subjects=False, encoder_config=_HARD,
+                                  "hard-negative encoder", "retrieval", use_subjects=False,
                                   retrieval_config={"infer_subjects": False}),
     "retrieval/hard": RouterVariant("cosine-scored subject-verified retrieval, 97% of held-out pairs, InfoNCE + 6 "
-                                    "hard negatives (T 0.05)", "retrieval", encoder_config=_HARD,
+                                    "hard negatives (T 0.05)", "retrieval",
                                     retrieval_config=_COSINE),
     "retrieval/tuned": RouterVariant("cosine-scored retrieval (as retrieval/hard), InfoNCE encoder", "retrieval",
-                                     retrieval_config=_COSINE),
+                                     encoder_config=_PAPER, retrieval_config=_COSINE),
     "retrieval/untuned": RouterVariant("cosine-scored retrieval (as retrieval/hard), untuned encoder", "retrieval",
                                        tuned_encoder=False, retrieval_config=_COSINE),
     "retrieval/hard2": RouterVariant("cosine-scored retrieval (as retrieval/hard), InfoNCE + 2 hard negatives",
                                      "retrieval", encoder_config={"hard_negatives": 2, "temperature": 0.05},
                                      retrieval_config=_COSINE),
     "retrieval/exact": RouterVariant("retrieval/hard with exact subject naming only", "retrieval",
-                                     encoder_config=_HARD, retrieval_config={**_COSINE, "approximate_subjects": None}),
+                                     retrieval_config={**_COSINE, "approximate_subjects": None}),
     "retrieval/unmasked": RouterVariant("retrieval/hard with plain cosine (no subject-masked share)", "retrieval",
-                                        encoder_config=_HARD, retrieval_config={**_COSINE, "masked_weight": 0.0}),
+                                        retrieval_config={**_COSINE, "masked_weight": 0.0}),
     "retrieval/uniform": RouterVariant("retrieval/hard with plain cosine and the threshold from all held-out pairs "
-                                       "equally", "retrieval", encoder_config=_HARD,
+                                       "equally", "retrieval",
                                        retrieval_config={**_COSINE, "matched_calibration": False,
                                                          "masked_weight": 0.0}),
     "retrieval/nofloor": RouterVariant("retrieval/hard with the free-path threshold from the unrelated queries alone "
-                                       "(no paraphrase-pair floor)", "retrieval", encoder_config=_HARD,
+                                       "(no paraphrase-pair floor)", "retrieval",
                                        retrieval_config={**_COSINE, "free_floor": False}),
     "retrieval/r98": RouterVariant("retrieval/hard with thresholds keeping 98% of the held-out pairs", "retrieval",
-                                   encoder_config=_HARD, retrieval_config={**_COSINE, "paraphrase_recall": 0.98}),
+                                   retrieval_config={**_COSINE, "paraphrase_recall": 0.98}),
     "retrieval/verifier": RouterVariant("retrieval/hard, the nearest candidate confirmed by the cross-encoder "
-                                        "verifier (meg/routing/verifier.py)", "retrieval", encoder_config=_HARD,
+                                        "verifier (meg/routing/verifier.py)", "retrieval",
                                         retrieval_config={**_COSINE, "verifier": {}}),
     "retrieval/verifier98": RouterVariant("retrieval/verifier with thresholds keeping 98% of the held-out pairs",
-                                          "retrieval", encoder_config=_HARD,
+                                          "retrieval",
                                           retrieval_config={**_COSINE, "verifier": {}, "paraphrase_recall": 0.98}),
     "retrieval/blend50": RouterVariant("retrieval/verifier98 scoring the mean of the verifier's and the cosine's "
-                                       "ranks among the held-out pairs", "retrieval", encoder_config=_HARD,
+                                       "ranks among the held-out pairs", "retrieval",
                                        retrieval_config={**_COSINE, "verifier": {}, "paraphrase_recall": 0.98,
                                                          "verifier_weight": 0.5}),
 }
@@ -217,15 +216,13 @@ def bench_variant(variant: RouterVariant, requests: Sequence[EditRequest], pairs
     embed = lambda texts: encoder.encode(list(texts), progress=False)  # noqa: E731 (a one-line closure)
     edits = requests if variant.use_subjects else [replace(r, subject=None) for r in requests]
     data = RoutingData([r.prompt for r in edits], embed([r.prompt for r in edits]), [r.subject for r in edits],
-                       list(unrelated), embed(unrelated), calibration_pairs, extra={"encode": embed, "work": work},
-                       training_pairs=tune_pairs)
+                       list(unrelated), embed(unrelated), calibration_pairs, tune_pairs, embed, work)
     gate = GateConfig.from_dict({**GateConfig().to_dict(), **(variant.gate_config or {})})
-    config = MegConfig(router=variant.router, encoder=encoder_config, retrieval=retrieval, gate=gate)
     fit_start = time.perf_counter()
-    router = router_class(variant.router).fit(data, config, progress=progress)
+    router = router_class(variant.router).fit(data, gate if variant.router == "paper-gate" else retrieval, progress)
     fit_seconds = time.perf_counter() - fit_start
     result = _measure(router, query_sets(requests), embed, conflicting_locality(requests), fact_groups(requests))
-    record = router.config_dict()
+    record = router.fitted()
     training = record.pop("training", None)  # the paper gate's log: epochs, final loss, accuracy, and losses
     if training:
         record["training"] = {k: v for k, v in training.items() if k != "losses"}

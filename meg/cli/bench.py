@@ -28,7 +28,7 @@ def command(
     device: DeviceOption = "cpu",
 ) -> None:
     """Edit the first N records with every method; write JSON + markdown + PNG of the comparison."""
-    from meg.benchmarks.methods import BenchConfig, bench_methods, write_bench
+    from meg.benchmarks.compare import BenchConfig, bench_methods, write_bench
     from meg.evaluation.runner import RunConfig
 
     run = RunConfig(model=model, data=str(data) if data else None, n=n, method="bench", seed=seed, device=device)

@@ -13,6 +13,20 @@ EditsOption = Annotated[Path, typer.Option("--edits", "-e", help="JSONL edits (p
                                            "paraphrases, unrelated) or a CounterFact / ZsRE / KnowEdit file")]
 
 
+def _print_config_help(value: bool) -> None:
+    """--help-config: every MegConfig setting with its type, default and help, then exit."""
+    if value:
+        from meg.config import MegConfig
+
+        typer.echo("MegConfig settings (JSON keys of --config; nested settings as objects):")
+        typer.echo("\n".join(f"  {line}" for line in MegConfig.help_lines()))
+        raise typer.Exit()
+
+
+HelpConfigOption = Annotated[bool, typer.Option("--help-config", is_eager=True, callback=_print_config_help,
+                                                help="list every setting of --config and exit")]
+
+
 @friendly_errors
 def command(
     edits: EditsOption,
@@ -27,6 +41,7 @@ def command(
     work_dir: Annotated[Path | None, typer.Option(help="keep resumable intermediate files here")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing pack")] = False,
     device: DeviceOption = "cpu",
+    help_config: HelpConfigOption = False,
 ) -> None:
     """Fit MeG on the edits and save the pack."""
     from meg.cli.summaries import pack_summary
@@ -37,9 +52,9 @@ def command(
 
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists (pass --overwrite to replace it)")
-    lm, tokenizer = load_causal_lm(model, device=device)
-    dataset = load_dataset(edits, template=template)
     settings = read_config(config, layer=layer, router=router)
+    dataset = load_dataset(edits, template=template)
+    lm, tokenizer = load_causal_lm(model, device=device)
     pairs = load_pseudo_pairs(pseudo_pairs) if pseudo_pairs else None
     queries = load_queries(unrelated) if unrelated else None
     editor = MegEditor(lm, tokenizer, settings, dataset.template, model_name=model)

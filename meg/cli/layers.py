@@ -22,7 +22,7 @@ def command(
 ) -> None:
     """Collect N edits at every layer, print the success table and the best layer."""
     from meg.collection import preset_for
-    from meg.layer_sweep import best_layer, layers_markdown, sweep_layers, write_layer_sweep
+    from meg.benchmarks.layers import best_layer, layers_markdown, sweep_layers, write_layer_sweep
     from meg.models import load_causal_lm
 
     lm, tokenizer = load_causal_lm(model, device=device)

@@ -17,8 +17,8 @@ def pack_summary(pack, path: Path) -> str:
     ]
     if log.get("replaced_duplicates"):
         lines.append(f"{len(log['replaced_duplicates'])} duplicate prompts: the later edit won")
-    calibration = pack.router_config.get("calibration") or {}
-    thresholds = pack.router_config.get("thresholds")
+    calibration = pack.router_fitted.get("calibration") or {}
+    thresholds = pack.router_fitted.get("thresholds")
     lines.append(f"calibration: {calibration}" + (f", thresholds {thresholds}" if thresholds else ""))
     stages = log.get("stage_seconds", {})
     lines.append("stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()))

@@ -10,9 +10,10 @@
   train splits (wiki_counterfact, wiki_recent): negatives for the routing verifier (meg/routing/verifier.py).
 - unrelated.jsonl: unrelated queries (CounterFact-train locality prompts, NQ questions) for gate calibration.
 - demo_counterfact.jsonl: 300 CounterFact edits (the first records of counterfact-val.json) for demos.
-- verifier-<key>.safetensors: the default routing verifier's trained layers for these assets (key = hash of its
-  config and training data; `scripts/build_default_assets.py --verifier`), so the default router needs no
-  training; `meg.stages.trained_verifier` looks it up.
+- verifier-<key>.safetensors, encoder-<key>.safetensors: the default routing verifier's trained layers and the
+  default query encoder's tuned last layer for these assets (key = hash of the settings and the training pairs;
+  `scripts/build_default_assets.py --verifier / --encoder`), so the default settings train nothing;
+  `meg.routing.verifier.trained_verifier` and `meg.encoder.tuned_encoder` look them up (`shipped_asset`).
 Files are read when a function is called, never at import.
 """
 
@@ -20,8 +21,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from meg.requests import (EditRequest, NegativePair, PseudoPair, load_edit_file, load_negative_pairs,
-                          load_pseudo_pairs, load_queries)
+from meg.requests import (
+    EditRequest,
+    NegativePair,
+    PseudoPair,
+    load_edit_file,
+    load_negative_pairs,
+    load_pseudo_pairs,
+    load_queries,
+)
 
 PSEUDO_PAIRS_FILE = "pseudo_pairs.jsonl"
 CALIBRATION_PAIRS_FILE = "calibration_pairs.jsonl"
@@ -33,6 +41,12 @@ DEMO_COUNTERFACT_FILE = "demo_counterfact.jsonl"
 def assets_dir() -> Path:
     """The package's asset directory (meg/assets)."""
     return Path(__file__).resolve().parents[1] / "assets"
+
+
+def shipped_asset(name: str) -> Path | None:
+    """The shipped file `name` (a trained stage keyed by its inputs), or None when the package has none."""
+    path = assets_dir() / name
+    return path if path.is_file() else None
 
 
 def default_pseudo_pairs() -> list[PseudoPair]:
@@ -83,4 +97,5 @@ __all__ = [
     "default_pseudo_pairs",
     "default_unrelated",
     "demo_requests",
+    "shipped_asset",
 ]

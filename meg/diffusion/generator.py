@@ -22,10 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from meg import __version__, files
-from meg.dict_io import DictIO
 from meg.diffusion import dit, mlp
 from meg.diffusion.schedule import NoiseSchedule, TimestepSpacing
 from meg.errors import InputError
+from meg.settings import Rules, Settings, setting
 
 Architecture = Literal["dit", "mlp"]
 Normalization = Literal["scale", "standardize"]
@@ -37,74 +37,51 @@ GENERATOR_CONFIG = files.PACK_GENERATOR_CONFIG  # "generator_config.json"
 
 
 @dataclass(frozen=True)
-class GeneratorConfig(DictIO):
+class GeneratorConfig(Settings):
     """Everything that defines a generator and its training. Defaults: the paper's stage-4 setting, with the
     "small" preset (the paper's own size is preset "paper")."""
 
-    architecture: Architecture = "dit"  # "mlp": the paper's faster, less general ablation
-    preset: str = "small"  # a name in dit.PRESETS / mlp.PRESETS
-    normalization: Normalization = "scale"
-    weight_scale: float = 0.01  # "scale": z = x / weight_scale (paper: x100)
+    architecture: Architecture = setting("dit", "dit (paper) or mlp (the paper's faster, less general ablation)")
+    preset: str = setting("small", "a size in meg.diffusion.dit.PRESETS / mlp.PRESETS")
+    normalization: Normalization = setting("scale", "scale: z = x / weight_scale (paper); standardize: per dimension")
+    weight_scale: float = setting(0.01, "with 'scale': z = x / weight_scale (paper: x100)")
     # diffusion (paper: T = 1000, linear betas 1e-4 .. 0.02, v-prediction, DDIM 50 steps)
-    num_train_timesteps: int = 1000
-    beta_start: float = 1e-4
-    beta_end: float = 0.02
-    timestep_spacing: TimestepSpacing = "trailing"  # see meg.diffusion.schedule
-    sampling_steps: int = 50
+    num_train_timesteps: int = setting(1000, "diffusion steps T (paper 1000)")
+    beta_start: float = setting(1e-4, "first beta of the linear schedule (paper 1e-4)")
+    beta_end: float = setting(0.02, "last beta of the linear schedule (paper 0.02)")
+    timestep_spacing: TimestepSpacing = setting("trailing", "DDIM timestep spacing (meg.diffusion.schedule)")
+    sampling_steps: int = setting(50, "DDIM steps at inference and evaluation (paper 50)")
     # optimisation (paper: AdamW 1e-4, no weight decay, batch 255-512; no schedule or EMA is described)
-    lr: float = 1e-4
-    lr_schedule: LrSchedule = "constant"  # "cosine": linear warm-up, then cosine decay to 0 at max_steps
-    warmup_steps: int = 0
-    ema_decay: float = 0.0  # > 0: evaluate, keep and return an exponential moving average of the weights
-    weight_decay: float = 0.0
-    batch_size: int = 256  # pairs per step, +DA zero pairs included (capped by the number of vectors)
-    max_steps: int = 100_000  # budget in optimiser steps
-    max_seconds: float | None = None  # optional wall-clock budget
+    lr: float = setting(1e-4, "AdamW learning rate (paper 1e-4)")
+    lr_schedule: LrSchedule = setting("constant", "cosine: linear warm-up, then cosine decay to 0 at max_steps")
+    warmup_steps: int = setting(0, "warm-up steps of the cosine schedule")
+    ema_decay: float = setting(0.0, "> 0: evaluate, keep and return an exponential moving average of the weights")
+    batch_size: int = setting(256, "pairs per step, +DA zero pairs included (capped by the number of vectors)")
+    max_steps: int = setting(100_000, "budget in optimiser steps")
     # stop criterion (paper: mean + std over vectors of ||generated - collected||_2 < 0.5, checked every 1000
     # epochs, measured in the original weight space; "relative_l2" divides each error by ||collected||_2)
-    eval_every: int = 1000
-    eval_size: int = 64  # fixed subset of training vectors for the criterion
-    stop_threshold: float = 0.5  # 0 disables the criterion
-    stop_metric: StopMetric = "l2"
-    keep_best: bool = True  # end with the weights of the best evaluation (the paper keeps its top 3)
-    log_every: int = 50  # loss curve: mean loss over windows of this many steps
-    # "+DA": pair unrelated queries with the all-zero vector; fraction of each batch (paper: as many as edits)
-    zero_fraction: float = 0.5
-    seed: int = 0
+    eval_every: int = setting(1000, "steps between evaluations of the stop criterion")
+    stop_threshold: float = setting(0.5, "stop when the criterion's mean + std is below this; 0 disables it")
+    stop_metric: StopMetric = setting("l2", "l2 (paper, absolute) or relative_l2 (divided by ||collected||)")
+    seed: int = setting(0, "initialisation, batches, noise and timesteps")
 
-    def __post_init__(self) -> None:
+    def rules(self) -> Rules:
         presets = dit.PRESETS if self.architecture == "dit" else mlp.PRESETS
-        checks: dict[str, tuple[bool, str]] = {
-            "architecture": (self.architecture in ("dit", "mlp"), "one of: dit, mlp"),
+        return {
             "preset": (self.preset in presets, f"one of: {', '.join(presets)}"),
-            "normalization": (self.normalization in ("scale", "standardize"), "one of: scale, standardize"),
             "weight_scale": (self.weight_scale > 0, "> 0"),
             "num_train_timesteps": (self.num_train_timesteps >= 2, ">= 2"),
             "beta_start": (0 < self.beta_start < 1, "in (0, 1)"),
             "beta_end": (self.beta_start <= self.beta_end < 1, "in [beta_start, 1)"),
-            "timestep_spacing": (
-                self.timestep_spacing in ("leading", "trailing", "linspace"),
-                "one of: leading, trailing, linspace",
-            ),
             "sampling_steps": (1 <= self.sampling_steps <= self.num_train_timesteps, "in 1..num_train_timesteps"),
             "lr": (self.lr > 0, "> 0"),
-            "lr_schedule": (self.lr_schedule in ("constant", "cosine"), "one of: constant, cosine"),
             "warmup_steps": (0 <= self.warmup_steps < self.max_steps, "in 0..max_steps-1"),
             "ema_decay": (0 <= self.ema_decay < 1, "in [0, 1)"),
-            "weight_decay": (self.weight_decay >= 0, ">= 0"),
             "batch_size": (self.batch_size >= 1, ">= 1"),
             "max_steps": (self.max_steps >= 1, ">= 1"),
-            "max_seconds": (self.max_seconds is None or self.max_seconds > 0, "None or > 0"),
             "eval_every": (self.eval_every >= 1, ">= 1"),
-            "eval_size": (self.eval_size >= 1, ">= 1"),
             "stop_threshold": (self.stop_threshold >= 0, ">= 0"),
-            "stop_metric": (self.stop_metric in ("l2", "relative_l2"), "one of: l2, relative_l2"),
-            "log_every": (self.log_every >= 1, ">= 1"),
-            "zero_fraction": (0 <= self.zero_fraction < 1, "in [0, 1)"),
         }
-        for name, (ok, valid) in checks.items():
-            if not ok:
-                raise InputError(f"GeneratorConfig.{name} = {getattr(self, name)!r} is invalid; must be {valid}")
 
     def schedule(self) -> NoiseSchedule:
         return NoiseSchedule(self.num_train_timesteps, self.beta_start, self.beta_end, self.timestep_spacing)

@@ -11,7 +11,8 @@ that is the space the neuron acts in, and it makes runs with "scale" and "standa
 divides each e_i by ||collected_i||_2 for models whose vectors have another norm. Both are logged either way.
 
 "+DA" (paper): with `zero_conds` (embeddings of unrelated queries), each batch also holds (zero_cond, all-zero
-vector) pairs, `zero_fraction` of the batch (the research code adds as many such pairs as edits: 0.5).
+vector) pairs, `ZERO_FRACTION` of the batch (the research code adds as many such pairs as edits: 0.5).
+The best evaluated weights are kept and returned (the paper keeps its top 3).
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ from meg.diffusion.generator import GeneratorConfig, WeightGenerator
 from meg.errors import InputError
 from meg.training_state import load_training_state, save_training_state
 
+ZERO_FRACTION = 0.5  # +DA: share of (unrelated query, zero vector) pairs in each batch (research code: 0.5)
+EVAL_SIZE = 64  # training vectors in the fixed subset the stop criterion is measured on
+LOG_EVERY = 50  # loss curve: mean loss over windows of this many steps
+
 
 @dataclass
 class TrainingLog:
@@ -40,12 +45,12 @@ class TrainingLog:
 
     steps: int = 0
     loss_steps: list[int] = field(default_factory=list)  # last step of each loss window
-    losses: list[float] = field(default_factory=list)  # mean loss over each window of `log_every` steps
+    losses: list[float] = field(default_factory=list)  # mean loss over each window of LOG_EVERY steps
     evals: list[dict[str, float]] = field(default_factory=list)  # one row per evaluation, see `evaluate`
     best_step: int | None = None
     best_criterion: float | None = None
     wall_seconds: float = 0.0
-    stop_reason: str = ""  # "criterion", "max_steps" or "max_seconds"
+    stop_reason: str = ""  # "criterion" or "max_steps"
     resumed_from_step: int = 0  # > 0: continued from a training state saved at that step
     config: dict[str, Any] = field(default_factory=dict)
     meg_version: str = __version__
@@ -84,7 +89,7 @@ def _check_inputs(vectors: torch.Tensor, conds: torch.Tensor, zero_conds: torch.
 
 def _pairs_per_batch(data: _Data, config: GeneratorConfig) -> tuple[int, int]:
     """(collected pairs, +DA zero pairs) in every batch (see `_batches`)."""
-    n, f = data.vectors.shape[0], config.zero_fraction
+    n, f = data.vectors.shape[0], ZERO_FRACTION
     use_zero = data.zero_conds is not None and data.zero_conds.shape[0] > 0 and f > 0
     per_batch = min(n, max(1, round(config.batch_size * (1 - f))) if use_zero else config.batch_size)
     return per_batch, (round(per_batch * f / (1 - f)) if use_zero else 0)
@@ -101,7 +106,7 @@ def effective_lr(data: _Data, config: GeneratorConfig) -> float:
 
 def _batches(data: _Data, config: GeneratorConfig, generator: torch.Generator):
     """Endless (x0 (B, D), cond (B, C)) batches: seeded epoch permutations of the collected pairs, plus
-    +DA zero pairs drawn with replacement so that they make up `zero_fraction` of each batch.
+    +DA zero pairs drawn with replacement so that they make up ZERO_FRACTION of each batch.
 
     B = batch_size when there are enough collected vectors; with fewer, every step takes all N of them (and
     the matching number of zero pairs)."""
@@ -165,12 +170,12 @@ def _std(x: torch.Tensor) -> float:
 
 
 def _eval_subset(data: _Data, config: GeneratorConfig) -> _Data:
-    """A fixed, seeded subset of `eval_size` training pairs (and of the zero conditions)."""
+    """A fixed, seeded subset of EVAL_SIZE training pairs (and of the zero conditions)."""
     gen = torch.Generator().manual_seed(config.seed + 1)
-    idx = torch.randperm(data.vectors.shape[0], generator=gen)[: config.eval_size].to(data.vectors.device)
+    idx = torch.randperm(data.vectors.shape[0], generator=gen)[:EVAL_SIZE].to(data.vectors.device)
     zero = None
     if data.zero_conds is not None and data.zero_conds.shape[0] > 0:
-        zidx = torch.randperm(data.zero_conds.shape[0], generator=gen)[: config.eval_size]
+        zidx = torch.randperm(data.zero_conds.shape[0], generator=gen)[:EVAL_SIZE]
         zero = data.zero_conds[zidx.to(data.zero_conds.device)]
     return _Data(data.vectors[idx], data.conds[idx], zero)
 
@@ -183,8 +188,7 @@ class _Trainer:
         device = data.vectors.device
         self.model = WeightGenerator(config, data.vectors.shape[1], data.conds.shape[1]).to(device)
         self.model.fit_normalization(data.vectors)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=effective_lr(data, config),
-                                           weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=effective_lr(data, config), weight_decay=0.0)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, partial(lr_factor, config))
         # The EMA copy (when on) is what gets evaluated, kept and returned; the raw weights only train.
         self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
@@ -229,8 +233,7 @@ class _Trainer:
         self.log.evals.append({"step": step, "seconds": round(seconds, 3), **row})
         if self.log.best_criterion is None or value < self.log.best_criterion:
             self.log.best_step, self.log.best_criterion = step, value
-            if self.config.keep_best:
-                self.best_state = copy.deepcopy(self.evaluated.state_dict())
+            self.best_state = copy.deepcopy(self.evaluated.state_dict())
         self.bar.set_postfix(crit=f"{value:.4g}", best=f"{self.log.best_criterion:.4g}")
         return value
 
@@ -246,7 +249,7 @@ class _Trainer:
         for step in range(first, cfg.max_steps + 1):
             window.append(self.step())
             self.bar.update(1)
-            if len(window) == cfg.log_every or step == cfg.max_steps:
+            if len(window) == LOG_EVERY or step == cfg.max_steps:
                 self.log.loss_steps.append(step)
                 self.log.losses.append(sum(window) / len(window))
                 self.bar.set_postfix(loss=f"{self.log.losses[-1]:.4g}")
@@ -284,8 +287,6 @@ class _Trainer:
 
     def _stop_reason(self, step: int, seconds: float) -> str:
         cfg = self.config
-        if cfg.max_seconds is not None and seconds >= cfg.max_seconds:
-            return "max_seconds"
         at_eval = step % cfg.eval_every == 0 or step == cfg.max_steps
         if at_eval and self.evaluate(step, seconds) < cfg.stop_threshold:
             return "criterion"
@@ -293,9 +294,9 @@ class _Trainer:
 
     def _finish(self, step: int, reason: str) -> tuple[WeightGenerator, TrainingLog]:
         if not self.log.evals or self.log.evals[-1]["step"] != step:
-            self.evaluate(step, self.seconds())  # a time budget can stop between evaluations
+            self.evaluate(step, self.seconds())
         model = self.evaluated
-        if self.config.keep_best and self.best_state is not None:
+        if self.best_state is not None:
             model.load_state_dict(self.best_state)
         model.eval()
         self.log.steps, self.log.stop_reason = step, reason
@@ -314,11 +315,10 @@ def train_generator(
     """Train a generator that maps conds (N, C) to the collected vectors (N, D) (original weight space).
 
     Runs on the device of `vectors`. zero_conds (M, C): "+DA" conditions paired with the all-zero vector.
-    Stops when the criterion falls under `config.stop_threshold`, or at `max_steps` / `max_seconds`; the
-    returned model holds the best evaluated weights when `config.keep_best`. Deterministic given `config.seed`
-    (on one device and thread count). With `checkpoint` (a path keyed by the inputs), the training state is
-    saved there after every evaluation and a state found there is continued, ending as an uninterrupted run
-    would (the time budget counts the earlier runs' time too).
+    Stops when the criterion falls under `config.stop_threshold`, or at `max_steps`; the returned model holds
+    the best evaluated weights. Deterministic given `config.seed` (on one device and thread count). With
+    `checkpoint` (a path keyed by the inputs), the training state is saved there after every evaluation and a
+    state found there is continued, ending as an uninterrupted run would.
     """
     config = config or GeneratorConfig()
     _check_inputs(vectors, conds, zero_conds)
@@ -329,3 +329,22 @@ def train_generator(
         None if zero_conds is None else zero_conds.detach().to(device, torch.float32),
     )
     return _Trainer(data, config, progress, Path(checkpoint) if checkpoint else None).run()
+
+
+def trained_generator(config: GeneratorConfig, vectors: torch.Tensor, conds: torch.Tensor,
+                      zero_conds: torch.Tensor | None, work: Path | None,
+                      progress: bool = True) -> tuple[WeightGenerator, dict]:
+    """A generator trained on (conds -> vectors) (paper stage 4), or the one stored in the work directory `work`
+    under a key of its inputs; an interrupted training continues from its state saved there at the last
+    evaluation. Trains on the device of `vectors`."""
+    key = files.digest(config.to_dict(), vectors, conds, zero_conds if zero_conds is not None else 0)
+    cached = work / files.TRAINED_GENERATOR.format(key=key) if work else None
+    if cached and (cached / files.PACK_GENERATOR).is_file():
+        return WeightGenerator.load(cached, device=vectors.device), {"resumed_from": cached.name}
+    checkpoint = work / files.GENERATOR_TRAINING.format(key=key) if work else None
+    generator, log = train_generator(vectors, conds, config, zero_conds=zero_conds, progress=progress,
+                                     checkpoint=checkpoint)
+    if cached:
+        generator.save(cached)
+        checkpoint.unlink(missing_ok=True)  # the finished generator replaces its (several times larger) state
+    return generator, log.to_dict()

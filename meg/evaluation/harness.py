@@ -16,6 +16,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from meg import files
+from meg.decoding import MAX_NEW_TOKENS
 from meg.evaluation.metrics import ag_pass, locality_target
 from meg.methods.base import EditedLM
 from meg.requests import EditRequest
@@ -74,7 +75,7 @@ def _score_cases(lm: EditedLM, cases: list[tuple[int, str, str]], max_new_tokens
 
 
 def evaluate_chunk(
-    lm: EditedLM, requests: Sequence[EditRequest], start: int, pre_edit: dict[str, str], max_new_tokens: int = 20
+    lm: EditedLM, requests: Sequence[EditRequest], start: int, pre_edit: dict[str, str], max_new_tokens: int = MAX_NEW_TOKENS
 ) -> list[dict[str, Any]]:
     """Score one chunk of requests; returns one record per request (index = start + row)."""
     records = [
@@ -93,7 +94,7 @@ def evaluate(
     pre_edit: dict[str, str],
     run_dir: str | Path,
     chunk_size: int = 64,
-    max_new_tokens: int = 20,
+    max_new_tokens: int = MAX_NEW_TOKENS,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Evaluate every request, resuming from `run_dir/records.jsonl`; returns all records in order.
@@ -118,7 +119,7 @@ def evaluate(
 
 
 def pre_edit_outputs(
-    base: EditedLM, prompts: Sequence[str], cache_path: str | Path | None, max_new_tokens: int = 20, chunk_size: int = 256,
+    base: EditedLM, prompts: Sequence[str], cache_path: str | Path | None, max_new_tokens: int = MAX_NEW_TOKENS, chunk_size: int = 256,
     progress: bool = True,
 ) -> dict[str, str]:
     """The unedited model's greedy output for each prompt, cached in a JSONL file (prompt -> output).

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from meg import files
+from meg.decoding import MAX_NEW_TOKENS
 from meg.evaluation.metrics import COLUMNS, MetricTable, aggregate
 from meg.results import environment, markdown_table, save_plot
 
@@ -41,7 +42,7 @@ def routing_summary(records: Sequence[dict[str, Any]]) -> dict[str, float] | Non
 
 
 def build_report(records: Sequence[dict[str, Any]], setup: dict[str, Any], seconds: dict[str, float],
-                 method_stats: dict[str, Any], max_new_tokens: int = 20) -> dict[str, Any]:
+                 method_stats: dict[str, Any], max_new_tokens: int = MAX_NEW_TOKENS) -> dict[str, Any]:
     table = aggregate(records)
     protocol = {**PROTOCOL, "ag": PROTOCOL["ag"].format(max_new_tokens=max_new_tokens)}
     return {

@@ -18,6 +18,7 @@ from typing import Any
 from meg import files
 from meg.data import Dataset, load_dataset, template_for
 from meg.data.defaults import default_pseudo_pairs, default_unrelated, demo_dataset
+from meg.decoding import MAX_NEW_TOKENS
 from meg.errors import InputError
 from meg.evaluation.harness import evaluate, pre_edit_outputs
 from meg.evaluation.metrics import ag_pass
@@ -42,7 +43,7 @@ class RunConfig:
     zsre_target: str = "new"  # "new": the counterfactual answer (`alt` / `target_new`); "true": the true answer
     pseudo_pairs: str | None = None  # JSONL file; None = the shipped defaults
     unrelated: str | None = None  # JSONL file; None = the shipped defaults
-    max_new_tokens: int = 20
+    max_new_tokens: int = MAX_NEW_TOKENS
     seed: int = 0
     device: str = "cpu"
     chunk_size: int = 64

@@ -15,6 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from meg.decoding import MAX_NEW_TOKENS
 from meg.prompts import PromptTemplate
 from meg.requests import EditRequest, PseudoPair
 
@@ -23,7 +24,7 @@ from meg.requests import EditRequest, PseudoPair
 class EditedLM(Protocol):
     """What an editing method returns: a model that generates and scores raw queries in batches."""
 
-    def generate(self, prompts: Sequence[str], max_new_tokens: int = 20) -> list[str]:
+    def generate(self, prompts: Sequence[str], max_new_tokens: int = MAX_NEW_TOKENS) -> list[str]:
         """Greedy continuation of each templated prompt (special tokens removed)."""
         ...
 

@@ -18,11 +18,12 @@ from transformers import PreTrainedTokenizerBase
 from meg.config import MegConfig
 from meg.edited_model import EditedModel
 from meg.editor import MegEditor
+from meg.encoder import EncoderConfig
 from meg.errors import PackError
+from meg.files import digest
 from meg.methods.base import EditContext
 from meg.pack import EditPack
 from meg.requests import EditRequest, deduplicate
-from meg.stages import digest
 from meg.surgery import neuron_spec
 
 log = logging.getLogger("meg")
@@ -36,7 +37,7 @@ def meg_config(context: EditContext) -> MegConfig:
     return config or MegConfig(layer=context.layer, seed=context.seed)
 
 
-def _reusable(path: Path, config: MegConfig, requests: Sequence[EditRequest], context: EditContext) -> EditPack | None:
+def _reusable(path: Path, editor: MegEditor, requests: Sequence[EditRequest]) -> EditPack | None:
     if not path.is_dir():
         return None
     try:
@@ -44,7 +45,7 @@ def _reusable(path: Path, config: MegConfig, requests: Sequence[EditRequest], co
     except PackError as err:
         log.warning("ignoring unreadable pack in the work directory: %s", err)
         return None
-    same = (pack.config.to_dict() == config.to_dict() and pack.template == context.template
+    same = (pack.config == editor.resolved_config() and pack.template == editor.template
             and pack.requests == deduplicate(list(requests))[0])
     return pack if same else None
 
@@ -59,9 +60,9 @@ def apply_meg(
             None if context.calibration_pairs is None else [asdict(p) for p in context.calibration_pairs]]
     key = digest(config.to_dict(), context.template.text, [r.to_json() for r in requests], data)
     pack_dir = Path(context.work_dir) / f"pack-{key}" if context.work_dir else None
-    pack = _reusable(pack_dir, config, requests, context) if pack_dir else None
+    editor = MegEditor(model, tokenizer, config, context.template)
+    pack = _reusable(pack_dir, editor, requests) if pack_dir else None
     if pack is None:
-        editor = MegEditor(model, tokenizer, config, context.template)
         pack = editor.fit(requests, context.pseudo_pairs or None, context.unrelated or None, context.work_dir,
                           context.progress, calibration_pairs=context.calibration_pairs)
         if pack_dir:
@@ -95,7 +96,8 @@ def apply_meg_paper(model: nn.Module, tokenizer: PreTrainedTokenizerBase, reques
     """MeG as the paper configures it: the familiarity gate, the paper's encoder tuning (in-batch negatives,
     temperature 1.0) and the generator conditioned on the query; everything else as `meg` (= MegConfig.paper() +
     the context's overrides)."""
-    encoder = replace(meg_config(context).encoder, hard_negatives=0, temperature=1.0)
+    encoder = replace(meg_config(context).encoder, **{k: getattr(EncoderConfig.paper(), k)
+                                                      for k in ("hard_negatives", "temperature")})
     return _apply_variant(model, tokenizer, requests, context, router="paper-gate", encoder=encoder, condition="query")
 
 

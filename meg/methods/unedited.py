@@ -8,7 +8,7 @@ from typing import Any
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from meg.decoding import greedy_generate, teacher_forced_accuracy
+from meg.decoding import MAX_NEW_TOKENS, greedy_generate, teacher_forced_accuracy
 from meg.methods.base import EditContext
 from meg.prompts import PromptTemplate
 from meg.requests import EditRequest
@@ -23,7 +23,7 @@ class PlainLM:
     def _texts(self, prompts: Sequence[str]) -> list[str]:
         return [self.template.format(p) for p in prompts]
 
-    def generate(self, prompts: Sequence[str], max_new_tokens: int = 20) -> list[str]:
+    def generate(self, prompts: Sequence[str], max_new_tokens: int = MAX_NEW_TOKENS) -> list[str]:
         return greedy_generate(self.model, self.tokenizer, self._texts(prompts), max_new_tokens, batch_size=self.batch_size)
 
     def teacher_forced(self, prompts: Sequence[str], targets: Sequence[str]) -> list[float]:

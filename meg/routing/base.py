@@ -3,14 +3,15 @@
 A router is fitted once at edit time (`fit`) and then answers batches (`route`). It returns, per query, whether
 the query goes to the weight generator (`routed`) and the edit it matched (`edit`, -1 = none; the paper's gate
 does not need one, but every router reports its nearest edit so the generator can be conditioned on it and the
-records show it). Routers are registered in `meg.routing.ROUTERS` by name; the pack stores the name, the
-router's JSON config and its tensors.
+records show it). Routers are registered in `meg.routing.ROUTERS` by name; the pack stores the name, what the
+fit produced (`fitted`) and its tensors; the router's settings are its config in the pack's MegConfig.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 import torch
@@ -34,6 +35,9 @@ class Routes:
         return Routes(self.routed[rows], self.edit[rows], self.score[rows])
 
 
+Encode = Callable[[Sequence[str]], torch.Tensor]
+
+
 @dataclass
 class RoutingData:
     """What a router may learn from: the edits, and queries from data disjoint from any test set.
@@ -41,8 +45,9 @@ class RoutingData:
     edit_embeddings: (N, C) unit-norm embeddings of the edit prompts (raw, untemplated);
     unrelated_embeddings: (M, C) of queries that must not be routed (for calibration);
     pseudo_pairs: (question, paraphrase) pairs held out from encoder tuning, for calibration;
-    extra["encode"]: the tuned encoder's `encode`, for routers that embed more texts;
-    extra["work"]: a work directory where routers may cache what they train.
+    training_pairs: the pairs the encoder was tuned on (for routers that train more);
+    encode: the tuned encoder's `encode`, for routers that embed more texts;
+    work: a work directory where routers may cache what they train.
     """
 
     edit_queries: list[str]
@@ -51,8 +56,9 @@ class RoutingData:
     unrelated_queries: list[str]
     unrelated_embeddings: torch.Tensor
     pseudo_pairs: Sequence[PseudoPair] = ()
-    extra: dict[str, Any] = field(default_factory=dict)
-    training_pairs: Sequence[PseudoPair] = ()  # the pairs the encoder was tuned on (for routers that train more)
+    training_pairs: Sequence[PseudoPair] = ()
+    encode: Encode | None = None
+    work: Path | None = None
 
 
 class Router(Protocol):
@@ -66,17 +72,19 @@ class Router(Protocol):
         """Route a batch: raw queries (B) and their unit-norm embeddings (B, C)."""
         ...
 
-    def config_dict(self) -> dict[str, Any]:
-        """JSON-serialisable settings and calibration (stored in the pack config)."""
+    def fitted(self) -> dict[str, Any]:
+        """JSON-serialisable values the fit produced (thresholds, calibration, training log), not settings: the
+        settings are the router's config, stored once in the pack's MegConfig."""
         ...
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Learned tensors (stored as safetensors in the pack)."""
         ...
 
-    # Construction: `fit(data: RoutingData, config: MegConfig, progress) -> Router` at edit time and
-    # `from_state(config_dict, state_dict, edit_embeddings, requests, encode) -> Router` when a pack is loaded
-    # (`encode` embeds texts with the pack's tuned encoder, for routers that embed more than the query).
+    # Construction: `fit(data: RoutingData, config, progress) -> Router` at edit time, with the router's own
+    # config (GateConfig, RetrievalConfig), and `from_state(config, fitted, state_dict, edit_embeddings, requests,
+    # encode) -> Router` when a pack is loaded (`encode` embeds texts with the pack's tuned encoder, for routers
+    # that embed more than the query).
 
 
 def nearest_edit(embeddings: torch.Tensor, edit_embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 
 from meg import files
-from meg.gate import Calibration, FamiliarityGate, GateConfig, choose_epsilon
+from meg.gate import (
+    LABELS,
+    Calibration,
+    FamiliarityGate,
+    GateConfig,
+    choose_epsilon,
+    trained_gate,
+)
 from meg.routing.base import Routes, RoutingData, nearest_edit
-from meg.stages import trained_gate
-
-if TYPE_CHECKING:
-    from meg.config import MegConfig
 
 
 class PaperGateRouter:
@@ -34,22 +37,22 @@ class PaperGateRouter:
         self.log: dict[str, Any] = {}
 
     @classmethod
-    def fit(cls, data: RoutingData, meg_config: MegConfig, progress: bool = True) -> PaperGateRouter:
-        """Train the gate on the edit embeddings; fix or calibrate epsilon (`meg_config.gate`)."""
-        config = meg_config.gate
-        gate, log = trained_gate(config, data.edit_embeddings, data.extra.get("work"), progress=progress)
+    def fit(cls, data: RoutingData, config: GateConfig, progress: bool = True) -> PaperGateRouter:
+        """Train the gate on the edit embeddings; fix or calibrate epsilon (`config.epsilon`)."""
+        gate, log = trained_gate(config, data.edit_embeddings, data.work, progress=progress)
         unrelated = gate.entropy(data.unrelated_embeddings) if len(data.unrelated_embeddings) else None
         router = cls(gate, config, choose_epsilon(config, unrelated), data.edit_embeddings)
         router.log = log.to_dict()
         return router
 
     @classmethod
-    def from_state(cls, config: dict[str, Any], state: dict[str, torch.Tensor], edit_embeddings: torch.Tensor,
-                   requests: Sequence[Any] = (), encode: Any = None) -> PaperGateRouter:
-        gate_config = GateConfig.from_dict(config["gate"])
-        gate = FamiliarityGate(edit_embeddings.shape[1], gate_config)
+    def from_state(cls, config: GateConfig, fitted: dict[str, Any], state: dict[str, torch.Tensor],
+                   edit_embeddings: torch.Tensor, requests: Sequence[Any] = (), encode: Any = None) -> PaperGateRouter:
+        gate = FamiliarityGate(edit_embeddings.shape[1], config)
         gate.load_state_dict(state)
-        return cls(gate.eval(), gate_config, Calibration.from_dict(config["calibration"]), edit_embeddings)
+        router = cls(gate.eval(), config, Calibration.from_dict(fitted["calibration"]), edit_embeddings)
+        router.log = fitted.get("training", {})
+        return router
 
     def route(self, queries: Sequence[str], embeddings: torch.Tensor) -> Routes:
         entropy = self.gate.entropy(embeddings)  # (B,)
@@ -60,11 +63,11 @@ class PaperGateRouter:
         """Routes at epsilon from 0 to ln(10) (log-spaced), for threshold curves."""
         entropy = self.gate.entropy(embeddings)
         _, edit = nearest_edit(embeddings, self.edit_embeddings)
-        grid = [0.0] + torch.logspace(-8, math.log10(math.log(self.config.labels)), 40).tolist()
+        grid = [0.0] + torch.logspace(-8, math.log10(math.log(LABELS)), 40).tolist()
         return [(eps, Routes(entropy < eps, edit, entropy)) for eps in grid]
 
-    def config_dict(self) -> dict[str, Any]:
-        return {"gate": self.config.to_dict(), "calibration": self.calibration.to_dict(), "training": self.log}
+    def fitted(self) -> dict[str, Any]:
+        return {"calibration": self.calibration.to_dict(), "training": self.log}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.gate.state_dict()

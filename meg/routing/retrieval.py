@@ -37,62 +37,55 @@ calibrated on the held-out pairs the same way.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 
 from meg import files
-from meg.dict_io import DictIO
 from meg.errors import InputError
-from meg.routing.base import Routes, RoutingData
+from meg.routing.base import Encode, Routes, RoutingData
 from meg.routing.subjects import SubjectIndex, focus, infer_subject, without_subject
-from meg.routing.verifier import SubjectVerifier, VerifierConfig
-
-Encode = Callable[[Sequence[str]], torch.Tensor]
+from meg.routing.verifier import SubjectVerifier, VerifierConfig, trained_verifier
+from meg.settings import Rules, Settings, setting
 
 
 @dataclass(frozen=True)
-class RetrievalConfig(DictIO):
-    """Settings of the subject-verified retrieval router (thresholds None = calibrate)."""
+class RetrievalConfig(Settings):
+    """Settings of the subject-verified retrieval router (thresholds null = calibrate). Every switch below is a
+    measured departure or its ablation (docs/results/routing-*.md): the defaults are the best measured."""
 
-    target_unrelated_rate: float = 0.02
-    paraphrase_recall: float = 0.98  # share of held-out paraphrase pairs the subject path must accept
-    subject_threshold: float | None = None
-    free_threshold: float | None = None
-    use_subjects: bool = True  # False: ignore subjects, route by cosine only (the "nearest edit" baseline)
-    subject_required: bool = True  # an edit with a subject is reachable only by a query that names it
-    focus: bool = True  # compare only the sentence naming the subject
-    approximate_subjects: float | None = 0.8  # trigram coverage naming a subject approximately; None = exact only
-    infer_subjects: bool = True  # an edit given without a subject gets one guessed from its prompt (subjects.py)
-    matched_calibration: bool = True  # weight held-out pairs by how many edits they are nearest to (see above)
-    match_form: bool = True  # ... among the pairs of the edit's form: question ("?") or prompt to complete
-    masked_weight: float = 0.2  # share of the subject-masked cosine in the subject path's score; 0 = plain cosine
-    # A cross-encoder scores the subject path (with the cosine, see verifier_weight); None = cosine only.
-    verifier: VerifierConfig | None = field(default_factory=VerifierConfig)
-    free_floor: bool = True  # the free threshold is at least the held-out pairs' paraphrase_recall cosine
-    # With a verifier: its share of the subject score, the rest the cosine, each as its rank among the held-out
-    # pairs (a calibrated combination); 1 = the verifier alone decides.
-    verifier_weight: float = 0.7
+    target_unrelated_rate: float = setting(0.02, "the free path routes at most this share of unrelated queries")
+    paraphrase_recall: float = setting(0.98, "share of held-out paraphrase pairs the subject path must accept")
+    subject_threshold: float | None = setting(None, "fixed subject-path threshold; null = calibrate")
+    free_threshold: float | None = setting(None, "fixed free-path cosine threshold; null = calibrate")
+    use_subjects: bool = setting(True, "false: ignore subjects, route by cosine only (the nearest-edit ablation)")
+    subject_required: bool = setting(True, "an edit with a subject is reachable only by a query that names it")
+    focus: bool = setting(True, "compare only the sentence naming the subject")
+    approximate_subjects: float | None = setting(0.8, "trigram coverage naming a subject approximately; null = exact")
+    infer_subjects: bool = setting(True, "an edit given without a subject gets one guessed from its prompt")
+    matched_calibration: bool = setting(True, "weight held-out pairs by how many edits they are nearest to")
+    match_form: bool = setting(True, "... among the pairs of the edit's form: question ('?') or prompt to complete")
+    masked_weight: float = setting(0.2, "share of the subject-masked cosine in the subject score; 0 = plain cosine")
+    verifier: VerifierConfig | None = setting(factory=VerifierConfig, help="the cross-encoder scoring the subject "
+                                              "path with the cosine (see verifier_weight); null = cosine only")
+    free_floor: bool = setting(True, "the free threshold is at least the held-out pairs' paraphrase_recall cosine")
+    verifier_weight: float = setting(0.7, "the verifier's share of the subject score, as ranks among the held-out "
+                                          "pairs; 1 = the verifier alone decides")
 
-    def __post_init__(self) -> None:
-        if isinstance(self.verifier, dict):  # from JSON
-            object.__setattr__(self, "verifier", VerifierConfig.from_dict(self.verifier))
-        for name in ("target_unrelated_rate", "paraphrase_recall"):
-            if not 0 < getattr(self, name) < 1:
-                raise InputError(f"RetrievalConfig.{name} must be in (0, 1), got {getattr(self, name)}")
-        if not 0 < self.verifier_weight <= 1:
-            raise InputError(f"RetrievalConfig.verifier_weight must be in (0, 1], got {self.verifier_weight}")
-        if not 0 <= self.masked_weight < 1:
-            raise InputError(f"RetrievalConfig.masked_weight must be in [0, 1), got {self.masked_weight}")
-        if self.approximate_subjects is not None and not 0 < self.approximate_subjects <= 1:
-            raise InputError(f"RetrievalConfig.approximate_subjects must be in (0, 1] or None, "
-                             f"got {self.approximate_subjects}")
-        for name in ("subject_threshold", "free_threshold"):
-            value = getattr(self, name)
-            if value is not None and not -1 <= value <= 1:
-                raise InputError(f"RetrievalConfig.{name} must be a cosine in [-1, 1] or None, got {value}")
+    def rules(self) -> Rules:
+        def cosine(v: float | None) -> bool:
+            return v is None or -1 <= v <= 1
+
+        return {"target_unrelated_rate": (0 < self.target_unrelated_rate < 1, "in (0, 1)"),
+                "paraphrase_recall": (0 < self.paraphrase_recall < 1, "in (0, 1)"),
+                "subject_threshold": (cosine(self.subject_threshold), "a cosine in [-1, 1] or null"),
+                "free_threshold": (cosine(self.free_threshold), "a cosine in [-1, 1] or null"),
+                "approximate_subjects": (self.approximate_subjects is None or 0 < self.approximate_subjects <= 1,
+                                         "in (0, 1] or null"),
+                "masked_weight": (0 <= self.masked_weight < 1, "in [0, 1)"),
+                "verifier_weight": (0 < self.verifier_weight <= 1, "in (0, 1]")}
 
 
 def conformal_threshold(scores: torch.Tensor, rate: float) -> float:
@@ -131,6 +124,14 @@ def _reference(name: str, scores: torch.Tensor, weights: torch.Tensor) -> dict[s
     order = scores.argsort()
     return {name: scores[order].contiguous(), f"{name}_cdf": (weights[order].cumsum(0) / weights.sum()).contiguous()}
 
+
+# Matched calibration weighs each held-out pair by the edits it is nearest to. With fewer edits than this, each
+# edit counts its k nearest pairs instead (k * edits >= this): with one edit the threshold was the quantile of ONE
+# pair's score, i.e. that pair's own score, and the README's one-edit example routed only exact repeats. With
+# this many edits or more nothing changes (the committed routing rows have >= 1,024). 50: at paraphrase_recall 0.98
+# the threshold is then the lowest of 50 pairs (about their 2% quantile) rather than one pair's own score, and a
+# handful of edits still count only pairs of their own style (tests/test_routing.py).
+MIN_MATCHED_PAIRS = 50
 
 _CLOSED = 1.0 + 1e-6  # above any cosine: a path that accepts nothing (finite, so JSON can store it)
 
@@ -265,16 +266,15 @@ class RetrievalRouter:
     # --- fitting ---
 
     @classmethod
-    def fit(cls, data: RoutingData, meg_config: Any, progress: bool = True) -> RetrievalRouter:
-        encode, verifier, verifier_log = data.extra.get("encode"), None, None
-        if meg_config.retrieval.verifier is not None:
+    def fit(cls, data: RoutingData, config: RetrievalConfig, progress: bool = True) -> RetrievalRouter:
+        verifier, verifier_log = None, None
+        if config.verifier is not None:
             from meg.data.defaults import default_negative_pairs
-            from meg.stages import trained_verifier  # the stage that caches it in the work directory
 
-            verifier, verifier_log = trained_verifier(meg_config.retrieval.verifier, data.training_pairs,
-                                                      default_negative_pairs(), data.extra.get("work"), progress)
-        router = cls(meg_config.retrieval, data.edit_embeddings, data.subjects, data.edit_queries,
-                     {"subject": _CLOSED, "free": _CLOSED}, encode=encode, verifier=verifier)
+            verifier, verifier_log = trained_verifier(config.verifier, data.training_pairs, default_negative_pairs(),
+                                                      data.work, progress)
+        router = cls(config, data.edit_embeddings, data.subjects, data.edit_queries,
+                     {"subject": _CLOSED, "free": _CLOSED}, encode=data.encode, verifier=verifier)
         try:
             router.thresholds["subject"], pairs, matched = router._calibrate_subject(data)
             router.thresholds["free"], achieved, floor = router._calibrate_free(data)
@@ -323,8 +323,8 @@ class RetrievalRouter:
 
     def _pair_weights(self, edits: torch.Tensor, questions: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
         """(P,) weight of each held-out pair: with `matched_calibration` the number of the edits (ids (E,)) whose
-        nearest held-out question (P, C; `texts`) it is, among the questions of the edit's form with
-        `match_form`, else 1."""
+        nearest held-out question (P, C; `texts`) it is (their k nearest with fewer than MIN_MATCHED_PAIRS
+        edits), among the questions of the edit's form with `match_form`, else 1."""
         if not self.config.matched_calibration:
             return torch.ones(len(questions), dtype=torch.float64)
         sims = self.edit_embeddings[edits].to(questions.dtype) @ questions.T  # (E, P)
@@ -334,7 +334,12 @@ class RetrievalRouter:
             other = edit_form[:, None] != pair_form[None, :]  # (E, P)
             other &= ~other.all(dim=1, keepdim=True)  # an edit whose form no pair has: any pair
             sims = sims.masked_fill(other, -math.inf)
-        nearest = sims.argmax(dim=1)  # (E,) nearest pair per edit
+        if len(edits) >= MIN_MATCHED_PAIRS:
+            nearest = sims.argmax(dim=1)  # (E,) nearest pair per edit
+        else:  # few edits: each one's k nearest pairs, so the quantile is taken over enough pairs
+            k = min(math.ceil(MIN_MATCHED_PAIRS / max(len(edits), 1)), sims.shape[1])
+            top = sims.topk(k, dim=1)  # (E, k); pairs of the other form (-inf) are not counted
+            nearest = top.indices[torch.isfinite(top.values)]
         return torch.bincount(nearest, minlength=len(questions)).double()
 
     def _questions(self, data: RoutingData) -> torch.Tensor:
@@ -379,8 +384,8 @@ class RetrievalRouter:
 
     # --- persistence ---
 
-    def config_dict(self) -> dict[str, Any]:
-        return {"retrieval": self.config.to_dict(), "thresholds": self.thresholds, "calibration": self.calibration}
+    def fitted(self) -> dict[str, Any]:
+        return {"thresholds": self.thresholds, "calibration": self.calibration}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         # Edit embeddings, subjects and prompts are in the pack already; only the verifier's trained layers are not.
@@ -388,19 +393,14 @@ class RetrievalRouter:
         return {**state, **{f"reference.{k}": v for k, v in self.reference.items()}}
 
     @classmethod
-    def from_state(cls, config: dict[str, Any], state: dict[str, torch.Tensor], edit_embeddings: torch.Tensor,
-                   requests: Sequence[Any], encode: Encode | None = None) -> RetrievalRouter:
-        # Packs written before approximate naming, subject inference and matched calibration: keep them as they were.
-        settings = RetrievalConfig.from_dict({"approximate_subjects": None, "infer_subjects": False,
-                                              "matched_calibration": False, "masked_weight": 0.0, "free_floor": False,
-                                              "verifier_weight": 1.0, "match_form": False,
-                                              **config["retrieval"]})
+    def from_state(cls, config: RetrievalConfig, fitted: dict[str, Any], state: dict[str, torch.Tensor],
+                   edit_embeddings: torch.Tensor, requests: Sequence[Any], encode: Encode | None = None) -> RetrievalRouter:
         verifier = None
-        if settings.verifier is not None:
-            verifier = SubjectVerifier(settings.verifier, device=edit_embeddings.device)
+        if config.verifier is not None:
+            verifier = SubjectVerifier(config.verifier, device=edit_embeddings.device)
             verifier.load_tuned_state({k.removeprefix("verifier."): v for k, v in state.items()
                                        if k.startswith("verifier.")})
-        router = cls(settings, edit_embeddings, [r.subject for r in requests], [r.prompt for r in requests],
-                     dict(config["thresholds"]), config.get("calibration"), encode, verifier)
+        router = cls(config, edit_embeddings, [r.subject for r in requests], [r.prompt for r in requests],
+                     dict(fitted["thresholds"]), fitted.get("calibration"), encode, verifier)
         router.reference = {k.removeprefix("reference."): v for k, v in state.items() if k.startswith("reference.")}
         return router

@@ -15,51 +15,52 @@ are trained (binary cross-entropy), on data disjoint from any benchmark:
 "Another template" is not "another relation": CounterFact words one relation many ways ("The occupation of {}
 is" / "The profession of {} is"), and 474 of the 5,371 synthetic negatives of the shipped pairs were the same
 relation reworded, so the verifier learned to reject real paraphrases (docs/LOG.md, 2026-11-30, session 7).
-With `link_templates` two templates count as one relation when some pair uses one as its question and the
-other as its paraphrase (transitively), and such a template is never a negative. Measured on CounterFact val
-(1,919 edits, default router, 3,300 calibration pairs): paraphrases to their own edit 96.0% vs 96.5% without,
-locality routed 2.97% vs 3.07%: the same trade-off, so it is off by default and the shipped verifier stays.
+Excluding templates linked to the pair's own (`linked_templates`: two templates are one relation when some pair
+uses one as its question and the other as its paraphrase, transitively) was measured on CounterFact val (1,919
+edits, default router, 3,300 calibration pairs): paraphrases to their own edit 96.0% vs 96.5% without, locality
+routed 2.97% vs 3.07%: the same trade-off, so the option was dropped and the shipped verifier stays.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from meg.dict_io import DictIO
+from meg import files
 from meg.errors import InputError
 from meg.pseudo_edits import template
 from meg.requests import NegativePair, PseudoPair
 from meg.routing.subjects import focus
+from meg.settings import Rules, Settings, setting
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 
 
+# Training constants of the shipped verifier (measured once, never varied since: docs/LOG.md, 2026-11-30).
+LR = 5e-5  # AdamW
+BATCH_SIZE = 32
+MAX_LENGTH = 96  # tokens of the (edit prompt, query) pair
+NEGATIVES_PER_PAIR = 2  # synthetic same-subject negatives per pseudo pair
+SHIPPED_NEGATIVES = 3000  # KnowEdit-train same-subject questions used
+
+
 @dataclass(frozen=True)
-class VerifierConfig(DictIO):
-    """How to build and train the cross-encoder verifier (saved in the pack with the router's config)."""
+class VerifierConfig(Settings):
+    """Which cross-encoder to build and how long to train it (saved in the pack with the router's config)."""
 
-    model: str = DEFAULT_MODEL  # the bundled all-MiniLM-L6-v2, a local directory or a Hub id
-    trainable_layers: int = 2
-    epochs: int = 2
-    lr: float = 5e-5
-    batch_size: int = 32
-    max_length: int = 96
-    negatives_per_pair: int = 2  # synthetic same-subject negatives per pseudo pair
-    shipped_negatives: int = 3000  # KnowEdit-train same-subject questions used (0 = none)
-    link_templates: bool = False  # no synthetic negative from a template linked to the pair's own (see above)
-    seed: int = 0
+    model: str = setting(DEFAULT_MODEL, "the bundled all-MiniLM-L6-v2, a local directory or a Hub id")
+    trainable_layers: int = setting(2, "last transformer layers trained (with the pooler and the head)")
+    epochs: int = setting(2, "passes over the training examples")
+    seed: int = setting(0, "the head's initialisation, the negatives drawn and the example order")
 
-    def __post_init__(self) -> None:
-        for name in ("trainable_layers", "epochs", "batch_size", "max_length"):
-            if getattr(self, name) < 1:
-                raise InputError(f"VerifierConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise InputError(f"VerifierConfig.lr must be > 0, got {self.lr}")
+    def rules(self) -> Rules:
+        return {"model": (bool(self.model.strip()), "a non-empty string"),
+                "trainable_layers": (self.trainable_layers >= 1, ">= 1"), "epochs": (self.epochs >= 1, ">= 1")}
 
 
 def training_examples(config: VerifierConfig, pairs: Sequence[PseudoPair],
@@ -68,23 +69,22 @@ def training_examples(config: VerifierConfig, pairs: Sequence[PseudoPair],
     rng = random.Random(config.seed)
     usable = [p for p in pairs if p.subject and p.subject in p.question and p.subject in p.paraphrase]
     templates = [template(p.question, p.subject) for p in usable]
-    relation = linked_templates(usable) if config.link_templates else {t: t for t in templates}
     examples = []
     for p in usable:
         para = focus(p.paraphrase, p.subject)
         examples += [(p.question, para, 1.0), (para, p.question, 1.0)]
     for i, p in enumerate(usable):
-        for _ in range(config.negatives_per_pair):
+        for _ in range(NEGATIVES_PER_PAIR):
             j = rng.randrange(len(usable))
-            if relation[templates[j]] != relation[templates[i]] and usable[j].subject != p.subject:
+            if templates[j] != templates[i] and usable[j].subject != p.subject:
                 examples.append((p.question, templates[j].format(p.subject), 0.0))
-    shipped = list(negatives)[: config.shipped_negatives]
+    shipped = list(negatives)[:SHIPPED_NEGATIVES]
     examples += [(n.question, n.other, 0.0) for n in shipped]
     other_templates = sorted({t for n in shipped if (t := template(n.other, n.subject))})
     if other_templates:  # question-style pairs (ZsRE) get declarative same-subject negatives too
         for p in usable:
             if p.question.rstrip().endswith("?"):
-                for _ in range(config.negatives_per_pair):
+                for _ in range(NEGATIVES_PER_PAIR):
                     examples.append((p.question, rng.choice(other_templates).format(p.subject), 0.0))
     rng.shuffle(examples)
     return examples
@@ -110,6 +110,28 @@ def linked_templates(pairs: Sequence[PseudoPair]) -> dict[str, str]:
     return {t: root(t) for t in list(parent)}
 
 
+def trained_verifier(config: VerifierConfig, pairs: Sequence[PseudoPair], negatives: Sequence[NegativePair],
+                     work: Path | None, progress: bool = True) -> tuple[SubjectVerifier, dict]:
+    """The verifier of `config` trained on `pairs` and `negatives`, looked up under a key of all three in the work
+    directory `work`, then among the shipped assets (the default verifier, trained on the shipped pairs), and
+    trained only when found in neither (~14 CPU minutes; then stored in `work`)."""
+    from meg.data.defaults import (
+        shipped_asset,  # the shipped trained layers (meg/assets)
+    )
+
+    verifier = SubjectVerifier(config)
+    key = files.digest(config.to_dict(), [asdict(p) for p in pairs], [asdict(n) for n in negatives])
+    name = files.TRAINED_VERIFIER.format(key=key)
+    stored = (work / name) if work and (work / name).is_file() else shipped_asset(name)
+    if stored is not None:
+        verifier.load_tuned_state(files.load_tensors(stored))
+        return verifier, {"resumed_from": name}
+    log = verifier.train(pairs, negatives, progress=progress)
+    if work:
+        files.save_tensors(work / name, verifier.tuned_state())
+    return verifier, log
+
+
 def _layer_of(name: str) -> str:
     """"bert.encoder.layer.4.attention..." -> "4"."""
     return name.split(".layer.")[1].split(".")[0]
@@ -119,7 +141,10 @@ class SubjectVerifier:
     """score(edit_prompts, queries) -> probability that each query asks the fact of its edit prompt."""
 
     def __init__(self, config: VerifierConfig, device: str | torch.device = "cpu") -> None:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer  # heavy: only when built
+        from transformers import (  # heavy: only when built
+            AutoModelForSequenceClassification,
+            AutoTokenizer,
+        )
 
         path = config.model
         if path == DEFAULT_MODEL:
@@ -147,7 +172,7 @@ class SubjectVerifier:
 
     def _logits(self, first: Sequence[str], second: Sequence[str]) -> torch.Tensor:
         batch = self.tokenizer(list(first), list(second), padding=True, truncation=True,
-                               max_length=self.config.max_length, return_tensors="pt").to(self.device)
+                               max_length=MAX_LENGTH, return_tensors="pt").to(self.device)
         return self.model(**batch).logits.squeeze(-1)  # (B,)
 
     @torch.no_grad()
@@ -167,8 +192,8 @@ class SubjectVerifier:
         params = [p for n, p in self.model.named_parameters() if self._trainable(n)]
         for p in params:
             p.requires_grad_(True)
-        optimiser = torch.optim.AdamW(params, lr=self.config.lr)
-        rng, size, losses = random.Random(self.config.seed), self.config.batch_size, []
+        optimiser = torch.optim.AdamW(params, lr=LR)
+        rng, size, losses = random.Random(self.config.seed), BATCH_SIZE, []
         self.model.train()
         try:
             for _ in tqdm(range(self.config.epochs), desc="train verifier", unit="epoch", disable=not progress):

@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from meg import files
+from meg.benchmarks.oracle import oracle_generality
 from meg.data.defaults import default_unrelated
 from meg.evaluation.harness import evaluate
 from meg.evaluation.metrics import COLUMNS, MetricTable, aggregate
 from meg.evaluation.report import HEADERS, metric_row
-from meg.benchmarks.oracle import oracle_generality
 from meg.evaluation.runner import RunConfig, edit_context, prepare_run
 from meg.methods import get_method
 from meg.results import markdown_table, write_results
