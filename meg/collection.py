@@ -21,10 +21,11 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from meg import __version__, files
+from meg import files
 from meg.architectures import resolve
 from meg.decoding import MAX_NEW_TOKENS, greedy_generate
 from meg.errors import InputError
+from meg.models import fingerprint
 from meg.prompts import (
     AnswerBatch,
     LossTokens,
@@ -34,7 +35,7 @@ from meg.prompts import (
 )
 from meg.requests import EditRequest
 from meg.settings import Rules, Settings, setting
-from meg.surgery import NeuronSpec, context_length, frozen_eval, mount_neuron
+from meg.surgery import NeuronSpec, context_length, frozen_eval, logits_at, mount_neuron
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,10 @@ PRESETS: dict[str, CollectionConfig] = {
     "paper-phi2": CollectionConfig(lr=0.01, steps=80),
     "paper-gptj": CollectionConfig(lr=0.07, steps=500, schedule="cosine", loss_threshold=0.2, patience=10),
     "paper-llama3": CollectionConfig(lr=0.02, steps=50),
-    "small-gpt2": CollectionConfig(lr=10.0, steps=80, input_lr_scale=0.01, init_bias=1.0, loss_threshold=0.05),
+    # batch 128: 1.67x the edits/s of the full-logit loss at batch 32, against 1.45x at 32 and 1.18x at 256 (more
+    # padding), same success (docs/results/collection-speed.md, 256 counterfact-val edits, one thread).
+    "small-gpt2": CollectionConfig(lr=10.0, steps=80, input_lr_scale=0.01, init_bias=1.0, loss_threshold=0.05,
+                                   batch_size=128),
 }
 
 
@@ -121,11 +125,16 @@ def initial_vector(spec: NeuronSpec, config: CollectionConfig) -> torch.Tensor:
     return spec.join(w_in[None], bias, w_out[None])[0].float()
 
 
-def _row_losses(logits: torch.Tensor, batch: AnswerBatch, tokens: LossTokens) -> torch.Tensor:
-    """Mean cross-entropy over each row's loss tokens: logits (B, T, V) -> (B,)."""
-    mask = batch.loss_mask(tokens)[:, 1:].float()  # (B, T-1): token t+1 is predicted at position t
-    nll = nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2).float(), batch.input_ids[:, 1:], reduction="none")
-    return (nll * mask).sum(1) / mask.sum(1)
+def _row_losses(model: nn.Module, batch: AnswerBatch, tokens: LossTokens) -> torch.Tensor:
+    """Mean cross-entropy over each row's loss tokens -> (B,). The output projection runs only where a loss token
+    is predicted (`logits_at`): the full (B, T, V) logits cost about a third of the reference model's forward."""
+    mask = batch.loss_mask(tokens)  # (B, T)
+    where = torch.zeros_like(mask)
+    where[:, :-1] = mask[:, 1:]  # token t+1 is predicted at position t
+    logits = logits_at(model, batch.input_ids, batch.attention_mask, where)  # (K, V), rows in row-major order
+    nll = nn.functional.cross_entropy(logits.float(), batch.input_ids[:, 1:][mask[:, 1:]], reduction="none")  # (K,)
+    rows = where.nonzero()[:, 0]
+    return torch.zeros(len(mask), dtype=nll.dtype, device=nll.device).index_add(0, rows, nll) / where.sum(1)
 
 
 def _lr_at(config: CollectionConfig, step: int) -> float:
@@ -147,8 +156,7 @@ def _train_rows(model: nn.Module, spec: NeuronSpec, batch: AnswerBatch, config: 
         leaf = weights[live].clone().requires_grad_(True)  # (L, D)
         sub = AnswerBatch(*(getattr(batch, f)[live] for f in ("input_ids", "attention_mask", "target_mask", "answer_mask")))
         with mount_neuron(model, spec, leaf):
-            logits = model(input_ids=sub.input_ids, attention_mask=sub.attention_mask).logits
-            row_loss = _row_losses(logits, sub, config.loss_tokens)  # (L,)
+            row_loss = _row_losses(model, sub, config.loss_tokens)  # (L,)
             # Summing keeps each row's gradient equal to its own loss's gradient (rows share no weights).
             (grad,) = torch.autograd.grad(row_loss.sum(), leaf)
         weights[live] = (leaf - _lr_at(config, step) * grad * scale).detach()
@@ -174,39 +182,33 @@ def _collect_chunk(
     return CollectionResult(weights.detach().float().cpu(), success, losses, steps, predictions)
 
 
-def job_key(spec: NeuronSpec, config: CollectionConfig, template: PromptTemplate, requests: Sequence[EditRequest]) -> str:
-    """The cache key of a collection job: the neuron's place, the settings, the template and the edits."""
-    return files.digest(asdict(spec), config.to_dict(), template.text, [(r.prompt, r.target) for r in requests])
+def job_key(model: nn.Module, spec: NeuronSpec, config: CollectionConfig, template: PromptTemplate) -> str:
+    """What every chunk of a collection job shares: the base model (its fingerprint), the neuron's place, the
+    settings and the template. A chunk's cache key adds its own edits (`_ChunkCache.key`)."""
+    return files.digest(fingerprint(model), asdict(spec), config.to_dict(), template.text)
 
 
 class _ChunkCache:
-    """Finished chunks on disk: a manifest that pins the job, and one safetensors file per chunk."""
+    """Finished chunks on disk, one safetensors file per chunk, named by a key of the job and the chunk's own
+    (prompt, target) rows: a rerun reuses every finished chunk, and so does another job whose chunks hold the same
+    edits in the same order (the first 1,024 edits of a data set are the first chunks of its first 2,048)."""
 
     def __init__(self, directory: Path, job: str):
-        self.directory = directory
-        manifest = directory / files.COLLECTION_MANIFEST
-        if manifest.exists():
-            if files.read_json(manifest).get("job") != job:
-                raise InputError(
-                    f"{directory} holds a collection of other edits, settings or layer; use another cache directory"
-                )
-        else:
-            files.atomic_write_json(manifest, {"meg_version": __version__, "job": job})
+        self.directory, self.job = directory, job
 
-    def _path(self, index: int) -> Path:
-        return self.directory / files.COLLECTION_CHUNK.format(index=index)
+    def path(self, texts: list[str], targets: list[str]) -> Path:
+        return self.directory / files.COLLECTION_CHUNK.format(key=files.digest(self.job, texts, targets))
 
-    def load(self, index: int) -> CollectionResult | None:
-        path = self._path(index)
+    def load(self, path: Path) -> CollectionResult | None:
         if not path.exists():
             return None
         t = files.load_tensors(path)
         predictions = json.loads(files.load_metadata(path)["predictions"])
         return CollectionResult(t["vectors"], t["success"], t["loss"], t["steps"], predictions)
 
-    def save(self, index: int, result: CollectionResult) -> None:
+    def save(self, path: Path, result: CollectionResult) -> None:
         tensors = {"vectors": result.vectors, "success": result.success, "loss": result.loss, "steps": result.steps}
-        files.save_tensors(self._path(index), tensors, metadata={"predictions": json.dumps(result.predictions)})
+        files.save_tensors(path, tensors, metadata={"predictions": json.dumps(result.predictions)})
 
 
 def collect_weights(
@@ -221,27 +223,27 @@ def collect_weights(
 ) -> CollectionResult:
     """Collect one neuron vector per edit request (paper stage 3), `config.batch_size` edits at a time.
 
-    With a work directory `work`, each finished chunk is saved in `work/collection-<job key>` and reused when the
-    same job runs again, so an interrupted run resumes where it stopped. The model is left unchanged (hooks
-    removed, mode restored).
+    With a work directory `work`, each finished chunk is saved in `work/collection/` under a key of the job and its
+    edits and reused whenever the same chunk comes again, so an interrupted run resumes where it stopped. The model
+    is left unchanged (hooks removed, mode restored).
     """
     if not requests:
         raise InputError("no edit requests to collect")
     texts = [template.format(r.prompt) for r in requests]
     targets = [r.target for r in requests]
     names = [f"edit {r.case_id if r.case_id is not None else i} ({r.prompt[:40]!r})" for i, r in enumerate(requests)]
-    key = job_key(spec, config, template, requests)
-    cache = _ChunkCache(Path(work) / files.COLLECTION_DIR.format(key=key), key) if work else None
+    cache = _ChunkCache(Path(work) / files.COLLECTION_DIR, job_key(model, spec, config, template)) if work else None
     size, parts = config.batch_size, []
     bar = tqdm(total=len(requests), desc="collect neurons", unit="edit", disable=not progress)
     with frozen_eval(model):
-        for index, start in enumerate(range(0, len(requests), size)):
+        for start in range(0, len(requests), size):
             rows = slice(start, start + size)
-            part = cache.load(index) if cache else None
+            path = cache.path(texts[rows], targets[rows]) if cache else None
+            part = cache.load(path) if cache else None
             if part is None:
                 part = _collect_chunk(model, tokenizer, spec, texts[rows], targets[rows], names[rows], config)
                 if cache:
-                    cache.save(index, part)
+                    cache.save(path, part)
             parts.append(part)
             bar.update(len(part.predictions))
             bar.set_postfix(success=f"{CollectionResult.concat(parts).success_rate:.1%}")

@@ -14,8 +14,9 @@ import torch
 from torch import nn
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
+from meg.errors import InputError
 from meg.prompts import encode_answers, encode_prompts, pad_id
-from meg.surgery import NeuronSpec, frozen_eval, mount_neuron
+from meg.surgery import NeuronSpec, context_length, frozen_eval, mount_neuron
 
 MAX_NEW_TOKENS = 20  # the paper's AG protocol: greedy generation of up to 20 new tokens
 
@@ -37,6 +38,25 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def check_max_new_tokens(max_new_tokens: int) -> int:
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
+        raise InputError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+    return max_new_tokens
+
+
+def _check_fits(texts: Sequence[str], first: int, attention: torch.Tensor, max_new_tokens: int, limit: int | None) -> None:
+    """Refuse a prompt that leaves no room for `max_new_tokens` in the model's context (positions past it crash
+    models with learned position embeddings, and mean nothing to the others)."""
+    if limit is None:
+        return
+    lengths = attention.sum(1)
+    row = int(lengths.argmax())
+    if int(lengths[row]) + max_new_tokens > limit:
+        raise InputError(f"prompt {first + row} ({texts[row][:50]!r}) is {int(lengths[row])} tokens; with "
+                         f"max_new_tokens {max_new_tokens} it exceeds the model's context of {limit} tokens "
+                         "(shorten the prompt or lower max_new_tokens)")
+
+
 @torch.no_grad()
 def greedy_generate(
     model: nn.Module,
@@ -47,8 +67,10 @@ def greedy_generate(
     weights: torch.Tensor | None = None,
     batch_size: int = 64,
 ) -> list[str]:
-    """Greedy continuations (special tokens removed), one string per prompt; stops at EOS."""
-    prompt_texts, device = list(prompt_texts), _device(model)
+    """Greedy continuations (special tokens removed), one string per prompt; stops at EOS. A prompt with no room
+    left for `max_new_tokens` in the model's context raises InputError naming it."""
+    prompt_texts, device, limit = list(prompt_texts), _device(model), context_length(model)
+    check_max_new_tokens(max_new_tokens)
     config = GenerationConfig(
         do_sample=False,
         num_beams=1,
@@ -60,6 +82,7 @@ def greedy_generate(
     with frozen_eval(model):
         for rows in _chunks(len(prompt_texts), batch_size):
             input_ids, attention = encode_prompts(tokenizer, prompt_texts[rows])
+            _check_fits(prompt_texts[rows], rows.start, attention, max_new_tokens, limit)
             w = None if weights is None else weights[rows].to(device)
             with _mounted(model, spec, w):
                 generated = model.generate(

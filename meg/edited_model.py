@@ -79,21 +79,29 @@ class EditedModel:
             cond = embeddings if embeddings is not None else self.encoder.encode(prompts)
         return self.generator.sample(cond.to(self.device), steps=self.steps, noise=self._noise(prompts))
 
-    def _plan(self, prompts: list[str]) -> None:
-        """Route and compute vectors for prompts not cached yet."""
-        missing = [p for p in dict.fromkeys(prompts) if p not in self._cache]
-        if not missing:
-            return
-        embeddings = self.encoder.encode(missing)  # (M, C)
-        routes = self.router.route(missing, embeddings)
-        vectors = torch.zeros(len(missing), self.pack.neuron.dim)
-        rows = routes.routed.nonzero().flatten()
-        if len(rows):
-            vectors[rows] = self._vectors([missing[i] for i in rows], routes.select(rows), embeddings[rows]).cpu()
-        for i, prompt in enumerate(missing):
-            self._cache[prompt] = (self._describe_row(routes, i), vectors[i])
+    def _plan(self, prompts: list[str]) -> list[tuple[dict[str, Any], torch.Tensor]]:
+        """(route description, vector) per prompt: cached ones reused, the rest routed and computed together.
+
+        The answer is built before the least recently used entries are dropped, so a batch larger than the cache,
+        or one mixing old and new prompts, never asks for an entry it just evicted.
+        """
+        unique = list(dict.fromkeys(prompts))
+        missing = [p for p in unique if p not in self._cache]
+        if missing:
+            embeddings = self.encoder.encode(missing)  # (M, C)
+            routes = self.router.route(missing, embeddings)
+            vectors = torch.zeros(len(missing), self.pack.neuron.dim)
+            rows = routes.routed.nonzero().flatten()
+            if len(rows):
+                vectors[rows] = self._vectors([missing[i] for i in rows], routes.select(rows), embeddings[rows]).cpu()
+            for i, prompt in enumerate(missing):
+                self._cache[prompt] = (self._describe_row(routes, i), vectors[i])
+        for prompt in unique:
+            self._cache.move_to_end(prompt)
+        answer = {p: self._cache[p] for p in unique}
         while len(self._cache) > _CACHE_SIZE:
             self._cache.popitem(last=False)
+        return [answer[p] for p in prompts]
 
     def _describe_row(self, routes: Routes, i: int) -> dict[str, Any]:
         row = routes.row(i)
@@ -105,8 +113,7 @@ class EditedModel:
         prompts = list(prompts)
         if not self._enabled:
             return torch.zeros(len(prompts), self.pack.neuron.dim)
-        self._plan(prompts)
-        return torch.stack([self._cache[p][1] for p in prompts])
+        return torch.stack([vector for _, vector in self._plan(prompts)])
 
     def clear_cache(self) -> None:
         """Forget cached routes and vectors (they are recomputed identically on demand)."""
@@ -115,8 +122,7 @@ class EditedModel:
     def describe(self, prompts: Sequence[str]) -> list[dict[str, Any]]:
         """Per row: routed, matched edit index, and the router's score (the gate's entropy)."""
         prompts = list(prompts)
-        self._plan(prompts)
-        return [dict(self._cache[p][0]) for p in prompts]
+        return [dict(row) for row, _ in self._plan(prompts)]
 
     def stats(self) -> dict[str, Any]:
         """Pack facts for reports: edits, collection success, router and calibration, stage wall times."""
@@ -156,6 +162,7 @@ class EditedModel:
             self._enabled = previous
 
     @classmethod
-    def from_pretrained(cls, model: nn.Module, tokenizer: PreTrainedTokenizerBase, pack_dir: str, **kwargs) -> EditedModel:
-        """Load a pack directory and apply it to `model`."""
-        return cls(model, tokenizer, EditPack.load(pack_dir), **kwargs)
+    def from_pretrained(cls, model: nn.Module, tokenizer: PreTrainedTokenizerBase, pack_dir: str,
+                        trust_models: bool | Sequence[str] = (), **kwargs) -> EditedModel:
+        """Load a pack directory (checked; see EditPack.load for `trust_models`) and apply it to `model`."""
+        return cls(model, tokenizer, EditPack.load(pack_dir, trust_models=trust_models), **kwargs)

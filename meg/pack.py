@@ -8,17 +8,28 @@
     encoder_layer.safetensors the tuned last layer of the query encoder (absent when not tuned)
     router.safetensors / gate.safetensors   the router's tensors (the verifier's layers / the familiarity network)
     generator.safetensors     the diffusion generator's weights (absent for weights = "retrieved")
+    manifest.json             size and sha256 of every other file, written last (packs from before 2026-12-01 lack it)
 
 Format 2 stores every setting once: the router's and the generator's settings are parts of the MegConfig, and the
 router block holds only what its fit produced. Format-1 packs (meg-edit 0.1.0) load through `migrate_format_1`.
 Keeping the requests and their collected vectors means edits can be added without recollecting the old ones.
 `save` builds the directory next to its destination and renames it into place, so a pack on disk is always
 complete; `load` checks every file and names the one that is missing or broken.
+
+A pack cannot lie about its contents: `load` checks every file against the manifest (a missing, extra or changed
+file is refused by name; `meg pack verify` does the same without loading anything else), reads only plain file
+names inside the pack directory (no `..`, absolute paths or symbolic links leading out), and loads only the
+shipped encoder and verifier models unless the caller trusts the ones the pack names (`trust_models`,
+`--trust-pack-models`): a pack is data, it must not choose which code or weights get loaded. Packs written
+before manifests existed (format 1, and format 2 before 2026-12-01) still load; nothing can be checked for them,
+and `load` says so in a log line.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,8 +49,12 @@ from meg.requests import EditRequest, read_jsonl, request_from_dict, write_jsonl
 from meg.routing import router_class
 from meg.surgery import NeuronSpec
 
-FORMAT = "meg-edit-pack"
+FORMAT = files.PACK_FORMAT
 FORMAT_VERSION = 2
+# The encoder and verifier models a pack may name without the caller trusting them: the shipped ones.
+SHIPPED_MODELS = ("minilm", "all-MiniLM-L6-v2")
+
+log = logging.getLogger("meg")
 
 
 def history_entry(operation: str, count: int, **details: Any) -> dict[str, Any]:
@@ -80,6 +95,22 @@ class EditPack:
     def router_name(self) -> str:
         return self.config.router
 
+    # Lifelong editing returns a NEW pack (this object and its directory stay as they are until the new one is
+    # saved); the work needs the base model, so it is done by a `meg.editor.MegEditor` on it (meg/lifelong.py
+    # says what each operation recomputes). Options: pseudo_pairs, unrelated, calibration_pairs, work_dir, progress.
+
+    def add(self, requests: list[EditRequest], editor: Any, **options: Any) -> EditPack:
+        """This pack with `requests` added (a prompt already edited is replaced, keeping its id)."""
+        return editor.add(self, requests, **options)
+
+    def replace(self, requests: list[EditRequest], editor: Any, **options: Any) -> EditPack:
+        """This pack with new targets (or other fields) for prompts it already edits."""
+        return editor.replace(self, requests, **options)
+
+    def remove(self, edits: list[int | str], editor: Any, **options: Any) -> EditPack:
+        """This pack without the edits named by id or prompt; their prompts reach the base model untouched."""
+        return editor.remove(self, edits, **options)
+
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
         """Write the pack directory atomically (an existing one is replaced only with `overwrite`)."""
         path = Path(path)
@@ -93,6 +124,7 @@ class EditPack:
             files.save_tensors(tmp / router_class(self.router_name).state_file, self.router_state)
             if self.generator is not None:
                 files.save_tensors(tmp / files.PACK_GENERATOR, self.generator.state_dict())
+            files.write_manifest(tmp)  # last: it covers every file above
         return path
 
     def _config_json(self) -> dict[str, Any]:
@@ -110,6 +142,7 @@ class EditPack:
             "router": self.router_fitted,
             "history": self.history,
             "log": self.log,
+            "manifest": files.PACK_MANIFEST,
         }
 
     def _vector_tensors(self) -> dict[str, torch.Tensor]:
@@ -118,52 +151,116 @@ class EditPack:
                 "edit_embeddings": self.edit_embeddings}
 
     @classmethod
-    def load(cls, path: str | Path) -> EditPack:
-        """Read and check a pack directory; any missing or corrupted file raises a one-line PackError."""
+    def load(cls, path: str | Path, trust_models: bool | Iterable[str] = ()) -> EditPack:
+        """Read and check a pack directory; any missing, extra or corrupted file raises a one-line PackError.
+
+        The encoder and verifier models the pack names must be the shipped ones or listed in `trust_models`
+        (True trusts any): loading a pack never loads a model the caller did not choose.
+        """
         path = Path(path)
         if not path.is_dir():
-            raise PackError(f"{path}: no such pack directory")
+            files.recover_directory(path)  # a replace killed after parking the old pack: put it back
+            if not path.is_dir():
+                raise PackError(f"{path}: no such pack directory")
         meta = _read_config(path)
+        checked = verify(path)
+        if checked is None and meta.get("manifest") is not None:
+            raise PackError(f"{path}: damaged pack, {files.PACK_MANIFEST} is missing (its config says it has one)")
         try:
             legacy = meta.get("format_version", 1) == 1
-            return _assemble(path, migrate_format_1(path, meta) if legacy else meta, numbered_by_line=legacy)
-        except (KeyError, TypeError, ValueError, AttributeError, MegError) as err:
+            pack = _assemble(path, migrate_format_1(path, meta) if legacy else meta, numbered_by_line=legacy)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError, RecursionError,
+                MegError) as err:
             if isinstance(err, PackError):
                 raise
-            raise PackError(f"{path / files.PACK_CONFIG}: invalid pack config ({err})") from None
+            raise PackError(f"{path / files.PACK_CONFIG}: invalid pack config ({_short(err)})") from None
+        check_models(pack.config, trust_models, path)
+        return pack
+
+
+def verify(path: str | Path) -> int | None:
+    """Check a pack's files against its manifest without loading anything (PackError naming the first bad file).
+    Returns the number of files checked, or None for a pack written before manifests (logged: nothing to check)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise PackError(f"{path}: no such pack directory")
+    checked = files.verify_manifest(path)
+    if checked is None:
+        log.info("%s has no %s (written before manifests): its files cannot be checked", path, files.PACK_MANIFEST)
+    return checked
+
+
+def named_models(config: MegConfig) -> dict[str, str]:
+    """The models a pack's config makes `EditedModel` load: {"encoder": ..., "verifier": ...}."""
+    models = {"encoder": config.encoder.model}
+    verifier = config.retrieval.verifier
+    if config.router == "retrieval" and verifier is not None:
+        models["verifier"] = verifier.model
+    return models
+
+
+def check_models(config: MegConfig, trust_models: bool | Iterable[str], path: Path | str = "pack") -> None:
+    """Refuse a pack naming an encoder or verifier model that is neither shipped nor trusted by the caller."""
+    if trust_models is True:
+        return
+    trusted = set(SHIPPED_MODELS) | ({trust_models} if isinstance(trust_models, str) else set(trust_models or ()))
+    for role, model in named_models(config).items():
+        if model not in trusted:
+            raise PackError(f"{path}: the pack names {role} model {model!r}, which is not the shipped one; loading it "
+                            f"would run whatever it points at. If you trust it, pass trust_models=[{model!r}] "
+                            f"(CLI: --trust-pack-models {model})")
+
+
+def _short(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return (text[0] if text else type(err).__name__)[:200]
 
 
 def _read_config(path: Path) -> dict[str, Any]:
-    config_path = path / files.PACK_CONFIG
+    config_path = files.inside(path, files.PACK_CONFIG)
     if not config_path.is_file():
         raise PackError(f"{path}: not an edit pack (missing {files.PACK_CONFIG})")
     try:
         meta = files.read_json(config_path)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise PackError(f"{config_path}: corrupted JSON ({err})") from None
+    except (ValueError, RecursionError, OSError) as err:  # JSON, UTF-8, nesting, reading
+        raise PackError(f"{config_path}: corrupted JSON ({_short(err)})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise PackError(f"{config_path}: not an edit pack config (format {found!r})")
     version = meta.get("format_version", 1)
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise PackError(f"{config_path}: format_version must be an integer >= 1, got {version!r}")
+    if version > FORMAT_VERSION:
         raise PackError(f"{config_path}: pack format {version!r} is newer than this meg-edit supports "
                         f"({FORMAT_VERSION})")
     return meta
 
 
 def _tensors(path: Path, name: str) -> dict[str, torch.Tensor]:
-    file = path / name
+    file = files.inside(path, name)
     if not file.is_file():
         raise PackError(f"{path}: incomplete pack, missing {name}")
     try:
         return files.load_tensors(file)
-    except Exception as err:  # safetensors raises its own error types for truncated/corrupted headers
-        raise PackError(f"{file}: corrupted safetensors file ({str(err).splitlines()[0]})") from None
+    except InputError as err:  # truncated or corrupted header
+        raise PackError(str(err)) from None
+
+
+def _predictions(path: Path) -> list[str]:
+    """The greedy predictions of collection, stored in the vectors file's metadata."""
+    file = files.inside(path, files.PACK_VECTORS)
+    try:
+        predictions = json.loads(files.load_metadata(file).get("predictions", "[]"))
+    except (InputError, ValueError, RecursionError) as err:
+        raise PackError(f"{file}: corrupted metadata ({_short(err)})") from None
+    if not isinstance(predictions, list) or not all(isinstance(p, str) for p in predictions):
+        raise PackError(f"{file}: corrupted metadata (predictions must be a list of strings)")
+    return predictions
 
 
 def _edits(path: Path, numbered_by_line: bool) -> tuple[list[int], list[EditRequest]]:
     """(ids, requests) from edits.jsonl; format 1 had no ids: its edits are numbered by line."""
-    file = path / files.PACK_EDITS
+    file = files.inside(path, files.PACK_EDITS)
     if not file.is_file():
         raise PackError(f"{path}: incomplete pack, missing {files.PACK_EDITS}")
     try:
@@ -183,20 +280,14 @@ def _assemble(path: Path, meta: dict[str, Any], numbered_by_line: bool = False) 
     neuron = NeuronSpec(**meta["neuron"])
     ids, requests = _edits(path, numbered_by_line)
     vectors = _tensors(path, files.PACK_VECTORS)
-    predictions = json.loads(files.load_metadata(path / files.PACK_VECTORS).get("predictions", "[]"))
+    predictions = _predictions(path)
     collection = CollectionResult(vectors["vectors"], vectors["success"], vectors["loss"], vectors["steps"], predictions)
     embeddings = vectors["edit_embeddings"]
     _check_shapes(path, neuron, requests, collection, embeddings)
     generator = None
     if config.weights == "generated":
         state = _tensors(path, files.PACK_GENERATOR)
-        generator = WeightGenerator(config.generator_for(neuron.dim), neuron.dim, embeddings.shape[1])
-        try:
-            generator.load_state_dict(state)
-        except RuntimeError as err:
-            raise PackError(f"{path / files.PACK_GENERATOR}: does not fit the configured generator "
-                            f"({str(err).splitlines()[0]})") from None
-        generator.eval()
+        generator = _generator(path, config, neuron.dim, int(embeddings.shape[1]), state)
     return EditPack(
         config=config, base_model=meta["base_model"]["name"], base_fingerprint=meta["base_model"]["fingerprint"],
         neuron=neuron, template=PromptTemplate(meta["template"]), requests=requests, ids=ids,
@@ -206,6 +297,29 @@ def _assemble(path: Path, meta: dict[str, Any], numbered_by_line: bool = False) 
         generator=generator, next_id=int(meta.get("next_id", -1)), history=list(meta.get("history", [])),
         log=meta.get("log", {}),
     )
+
+
+def _generator(path: Path, config: MegConfig, dim: int, cond_dim: int, state: dict[str, torch.Tensor]) -> WeightGenerator:
+    """The generator the config describes, with the file's weights. Its shapes are compared on the meta device
+    first, so a config asking for an enormous network is refused before any memory is allocated."""
+    settings = config.generator_for(dim)
+    try:
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in WeightGenerator(settings, dim, cond_dim).state_dict().items()}
+    except (RuntimeError, ValueError, TypeError, ZeroDivisionError) as err:
+        raise PackError(f"{path / files.PACK_CONFIG}: the generator settings cannot be built ({_short(err)})") from None
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    if found != expected:
+        wrong = sorted(k for k in set(found) | set(expected) if found.get(k) != expected.get(k))
+        raise PackError(f"{path / files.PACK_GENERATOR}: does not fit the configured generator ({len(wrong)} tensors "
+                        f"differ, first {wrong[0]}: {found.get(wrong[0])} in the file, {expected.get(wrong[0])} "
+                        "expected)")
+    generator = WeightGenerator(settings, dim, cond_dim)
+    try:
+        generator.load_state_dict(state)
+    except RuntimeError as err:
+        raise PackError(f"{path / files.PACK_GENERATOR}: does not fit the configured generator ({_short(err)})") from None
+    return generator.eval()
 
 
 def _check_shapes(path: Path, neuron: NeuronSpec, requests: list, collection: CollectionResult, embeddings: torch.Tensor) -> None:
@@ -259,7 +373,7 @@ def migrate_format_1(path: Path, meta: dict[str, Any]) -> dict[str, Any]:
         meg["gate"], fitted = settings["gate"], {"calibration": settings["calibration"],
                                                  "training": settings.get("training", {})}
     generator = meg.get("generator")
-    if generator is None and (path / files.PACK_GENERATOR_CONFIG).is_file():
+    if generator is None and files.inside(path, files.PACK_GENERATOR_CONFIG).is_file():
         generator = files.read_json(path / files.PACK_GENERATOR_CONFIG)["config"]
     if generator is not None and meg.get("sampling_steps"):
         generator = {**generator, "sampling_steps": meg["sampling_steps"]}  # format 1's inference override

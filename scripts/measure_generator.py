@@ -44,13 +44,20 @@ VARIANTS: dict[str, dict] = {
     "cosine 1000 lr 1e-2": {**_BASE, "max_steps": 1000, "lr": 1e-2, "lr_schedule": "cosine", "warmup_steps": 100},
     "cosine 1500 lr 5e-3": {**_BASE, "max_steps": 1500, "lr": 5e-3, "lr_schedule": "cosine", "warmup_steps": 100},
     "cosine 1000 lr 5e-3": {**_BASE, "max_steps": 1000, "lr": 5e-3, "lr_schedule": "cosine", "warmup_steps": 100},
+    # the preset (cosine 1500 lr 5e-3) against longer runs and a larger DiT, for many edits (issue 17)
+    "preset": dict(_BASE),
+    "preset 4000": {**_BASE, "max_steps": 4000},
+    "preset 8000": {**_BASE, "max_steps": 8000},
+    "small 3000": {**_BASE, "preset": "small", "max_steps": 3000},
 }
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA, help="shared data directory")
-    parser.add_argument("--n", type=int, default=1024, help="edits (first N records of counterfact-val.json)")
+    parser.add_argument("--n", type=int, default=1024, help="edits (first N records of --file)")
+    parser.add_argument("--file", default="counterfact/counterfact-val.json", help="edit file under --data")
+    parser.add_argument("--name", default="generator-fidelity", help="results file stem")
     parser.add_argument("--variants", default="all", help=f"comma-separated names, or all: {', '.join(VARIANTS)}")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "results")
@@ -70,12 +77,12 @@ def prepare(args: argparse.Namespace):
     from meg.surgery import neuron_spec
 
     model, tokenizer = load_causal_lm("reference")
-    dataset = load_dataset(args.data / "counterfact" / "counterfact-val.json")
+    dataset = load_dataset(args.data / args.file)
     requests = [r for r in dataset.requests if r.paraphrases][: args.n]
     config = MegConfig()
     spec = neuron_spec(model, config.layer)
     collection = collect_weights(model, tokenizer, spec, [r.for_editing() for r in requests], preset_for(model),
-                                 dataset.template, args.work / "collection", progress=True)  # fmt: skip
+                                 dataset.template, args.work, progress=True)  # fmt: skip
     tune_pairs, _ = split_pairs(default_pseudo_pairs(), seed=config.seed)
     encoder, _ = tuned_encoder(config.encoder, tune_pairs, args.work, progress=True)
     prompts = encoder.encode([r.prompt for r in requests])  # (N, C)
@@ -102,7 +109,7 @@ def score_variant(name: str, fields: dict, prep, work: Path) -> dict:
 
     model, tokenizer, template, spec, requests, collection, prompts, paraphrases = prep
     config = MegConfig(generator=fields).generator
-    done = work / f"variant-{name.replace(' ', '_')}.json"
+    done = work / f"variant-{len(requests)}-{name.replace(' ', '_')}.json"  # a work directory may serve several N
     if done.exists() and files.read_json(done)["config"] == config.to_dict():
         return files.read_json(done)
     ok = collection.success.nonzero().flatten()
@@ -149,6 +156,8 @@ def main() -> None:
         print(f"{name:24s} relL2 {r['relative_l2']:.3f} rel {r['rel_ag']:.1f} gen(matched) {r['gen_ag_matched']:.1f} "
               f"gen(query) {r['gen_ag_query']:.1f} train {r['train_seconds']:.0f}s", flush=True)
     command = f"python scripts/measure_generator.py --n {args.n} --threads {args.threads}"
+    if args.file != "counterfact/counterfact-val.json" or args.name != "generator-fidelity":
+        command += f" --file {args.file} --name {args.name}"
     if args.variants != "all":
         command += f" --variants '{args.variants}'"
     cells = [[r["name"], r["steps"], r["relative_l2"], r["rel_ag"], r["gen_ag_matched"], r["gen_ag_query"],
@@ -156,7 +165,7 @@ def main() -> None:
     table = markdown_table(["variant", "steps", "relative L2", "Rel-AG", "Gen-AG (matched)", "Gen-AG (query)",
                             "train s"], cells)  # fmt: skip
     text = (f"# Generator fidelity (reference model)\n\nCommand: `{command}`\n\n{len(edits)} of {len(requests)} "
-            f"counterfact-val edits collected (layer {spec.layer}, D = {spec.dim}); every variant is the "
+            f"{Path(args.file).stem} edits collected (layer {spec.layer}, D = {spec.dim}); every variant is the "
             f"`small-gpt2` preset with the overrides in `scripts/measure_generator.py`, trained on the collected "
             f"edits' prompt embeddings. Oracle (collected vector on the paraphrase): Gen-AG {oracle:.1f}. "
             f"{args.threads} torch thread(s) on a shared 2-core CPU: seconds are upper bounds.\n\n{table}")
@@ -172,7 +181,7 @@ def main() -> None:
 
     data = {"setup": {"command": command, "n": args.n, "collected": len(edits), "layer": spec.layer,
                       "dim": spec.dim, "oracle_gen_ag": oracle, "threads": args.threads}, "rows": rows}  # fmt: skip
-    paths = write_results(args.out, "generator-fidelity", data, text, draw)
+    paths = write_results(args.out, args.name, data, text, draw)
     print("wrote", ", ".join(str(p) for p in paths.values()))
 
 

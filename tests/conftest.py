@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 import torch
@@ -11,6 +14,11 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFa
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Every cache (stages of fits without a work directory, pre-edit answers, ...) goes to a temporary directory for the
+# whole session, never to the user's home; tests that need an empty one set their own.
+_SESSION_CACHE = tempfile.mkdtemp(prefix="meg-test-cache-")
+os.environ["MEG_CACHE_DIR"] = _SESSION_CACHE
+atexit.register(shutil.rmtree, _SESSION_CACHE, ignore_errors=True)
 
 FACTS = [
     ("The capital of France is", "Paris"),

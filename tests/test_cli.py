@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from conftest import FACTS, NEW_TARGETS, PARAPHRASES, PSEUDO_PAIRS, SUBJECTS, UNRELATED, tiny_config
 from meg.cli.main import app
+from meg.encoder import EncoderConfig
 
 pytestmark = pytest.mark.integration
 runner = CliRunner()
@@ -26,6 +27,8 @@ def workspace(tmp_path_factory, fact_gpt2, tokenizer):
     (root / "pairs.jsonl").write_text("".join(json.dumps({"question": q, "paraphrase": p, "subject": s}) + "\n" for q, p, s in PSEUDO_PAIRS))
     (root / "unrelated.jsonl").write_text("".join(json.dumps({"prompt": q}) + "\n" for q in UNRELATED[20:]))
     (root / "config.json").write_text(json.dumps(tiny_config().to_dict()))
+    # `meg run` builds its pseudo pairs from the data; the shipped encoder spares tuning on them (3 CPU minutes).
+    (root / "run-config.json").write_text(json.dumps(tiny_config(encoder=EncoderConfig()).to_dict()))
     return root
 
 
@@ -62,7 +65,7 @@ def test_edit_refuses_to_overwrite(workspace):
 
 def test_run_writes_the_report_and_resumes(workspace):
     w, out = workspace, workspace / "run"
-    args = ("run", "--model", w / "model", "--data", w / "edits.jsonl", "--n", "8", "--out", out, "--config", w / "config.json")
+    args = ("run", "--model", w / "model", "--data", w / "edits.jsonl", "--n", "8", "--out", out, "--config", w / "run-config.json")
     result = invoke(*args)
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())

@@ -86,7 +86,7 @@ def test_resume_after_interruption_gives_the_same_vectors(fact_gpt2, tokenizer, 
     monkeypatch.setattr(collection, "_collect_chunk", failing_chunk)
     with pytest.raises(_Interrupted):
         collect_weights(fact_gpt2, tokenizer, spec, REQUESTS, config, work=tmp_path, progress=False)
-    assert sorted(p.name for p in tmp_path.glob("collection-*/chunk-*")) == ["chunk-00000.safetensors"]
+    assert len(list(tmp_path.glob("collection/chunk-*.safetensors"))) == 1  # the first chunk only
     assert not list(tmp_path.glob("**/.*tmp"))
 
     calls.clear()
@@ -97,14 +97,18 @@ def test_resume_after_interruption_gives_the_same_vectors(fact_gpt2, tokenizer, 
     assert resumed.predictions == reference.predictions
 
 
-def test_jobs_sharing_a_work_directory_keep_apart_and_a_foreign_cache_is_refused(fact_gpt2, tokenizer, tmp_path):
+def test_chunks_are_shared_by_jobs_holding_the_same_edits_and_kept_apart_otherwise(fact_gpt2, tokenizer, tmp_path,
+                                                                                   monkeypatch):
     spec = neuron_spec(fact_gpt2, layer=1)
-    collect_weights(fact_gpt2, tokenizer, spec, REQUESTS[:1], CONFIG, work=tmp_path, progress=False)
-    collect_weights(fact_gpt2, tokenizer, spec, REQUESTS[1:2], CONFIG, work=tmp_path, progress=False)
-    first, second = sorted(tmp_path.glob("collection-*"))
-    assert len(list(first.glob("chunk-*"))) == len(list(second.glob("chunk-*"))) == 1
-    with pytest.raises(InputError, match="holds a collection of other edits"):
-        collection._ChunkCache(first, second.name.removeprefix("collection-"))
+    first = collect_weights(fact_gpt2, tokenizer, spec, REQUESTS[:8], CONFIG, work=tmp_path, progress=False)
+    assert len(list(tmp_path.glob("collection/chunk-*"))) == 1  # 8 edits, batch 8
+    calls, real_chunk = [], collection._collect_chunk
+    monkeypatch.setattr(collection, "_collect_chunk", lambda *a, **k: calls.append(1) or real_chunk(*a, **k))
+    longer = collect_weights(fact_gpt2, tokenizer, spec, REQUESTS, CONFIG, work=tmp_path, progress=False)
+    assert len(calls) == 1 and torch.equal(longer.vectors[:8], first.vectors)  # the first chunk came from disk
+    other = collect_weights(fact_gpt2, tokenizer, neuron_spec(fact_gpt2, layer=0), REQUESTS[:8], CONFIG, work=tmp_path,
+                            progress=False)
+    assert len(calls) == 2 and not torch.equal(other.vectors, first.vectors)  # another layer: another chunk
 
 
 def test_initial_vector_is_shared_and_seeded(fact_gpt2):

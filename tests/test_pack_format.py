@@ -87,5 +87,8 @@ def test_format_2_edit_ids_must_be_distinct_integers(tmp_path, fixture_model):
     rows = [json.loads(line) for line in edits.read_text().splitlines()]
     rows[1]["id"] = rows[0]["id"]
     edits.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(PackError, match="edits.jsonl: corrupted, its sha256 differs"):
+        EditPack.load(tmp_path / "v2")  # the manifest notices first
+    files.write_manifest(tmp_path / "v2")
     with pytest.raises(PackError, match="distinct integer id"):
         EditPack.load(tmp_path / "v2")

@@ -24,8 +24,9 @@ from meg.data.defaults import default_unrelated
 from meg.evaluation.harness import evaluate
 from meg.evaluation.metrics import COLUMNS, MetricTable, aggregate
 from meg.evaluation.report import HEADERS, metric_row
-from meg.evaluation.runner import RunConfig, edit_context, prepare_run
-from meg.methods import get_method
+from meg.errors import InputError
+from meg.evaluation.runner import RunConfig, check_run, edit_context, frozen, prepare_run
+from meg.methods import METHODS, check_config, get_method
 from meg.results import markdown_table, write_results
 
 
@@ -69,6 +70,24 @@ class BenchConfig:
     method_configs: dict[str, dict[str, Any]] | None = None
     throughput_queries: int = 64  # edited prompts; as many unrelated prompts are mixed in
 
+    def __post_init__(self) -> None:
+        """The methods and their configs, checked before any model is loaded."""
+        if not self.methods:
+            raise InputError(f"give at least one method; choose from {', '.join(METHODS)}")
+        repeated = sorted({m for m in self.methods if self.methods.count(m) > 1})
+        if repeated:
+            raise InputError(f"method(s) {', '.join(repeated)} given more than once")
+        configs = self.method_configs or {}
+        if not isinstance(configs, dict):
+            raise InputError(f"the method configs must be a JSON object {{method: {{fields}}}}, got "
+                             f"{type(configs).__name__}")
+        extra = sorted(set(configs) - set(self.methods))
+        if extra:
+            raise InputError(f"configs given for method(s) {', '.join(map(str, extra))}, which are not benched "
+                             f"({', '.join(self.methods)})")
+        for name in self.methods:
+            check_config(name, configs.get(name))
+
 
 def throughput(lm, prompts: Sequence[str]) -> float:
     """Queries per second of `lm.generate` on `prompts` with cold caches."""
@@ -79,26 +98,26 @@ def throughput(lm, prompts: Sequence[str]) -> float:
     return len(prompts) / (time.perf_counter() - start)
 
 
-def bench_method(name: str, prep, config: BenchConfig, run_dir: Path, mix: Sequence[str]) -> dict[str, Any]:
+def bench_method(name: str, prep, config: BenchConfig, run_dir: Path, mix: Sequence[str], work: Path) -> dict[str, Any]:
     """Edit with one method, evaluate it and time its inference; a finished row with the same settings is read
-    back from `run_dir` instead (so a bench can be resumed or extended by more methods)."""
+    back from `run_dir` instead (so a bench can be resumed or extended by more methods). Stage caches live in
+    `work`, keyed by their inputs, so methods and benches on other data share them safely."""
     run = replace(config.run, method=name, method_config=(config.method_configs or {}).get(name))
     done = run_dir / files.BENCH_RESULT
     if done.exists():
         saved = files.read_json(done)
-        if saved.get("run") == asdict(run):
+        if saved.get("run") == frozen(run):
             return saved["result"]
-    result = _measure_method(name, run, prep, run_dir, mix)
-    files.atomic_write_json(done, {"run": asdict(run), "result": result})
+    result = _measure_method(name, run, prep, run_dir, mix, work)
+    files.atomic_write_json(done, {"run": frozen(run), "result": result})
     return result
 
 
-def _measure_method(name: str, run: RunConfig, prep, run_dir: Path, mix: Sequence[str]) -> dict[str, Any]:
+def _measure_method(name: str, run: RunConfig, prep, run_dir: Path, mix: Sequence[str], work: Path) -> dict[str, Any]:
     requests = [r.for_editing() for r in prep.dataset.requests]
     with peak_rss() as memory:
         start = time.perf_counter()
-        # Stage caches (tuned encoder, collected vectors) are keyed by their inputs: methods share them safely.
-        context = replace(edit_context(run, prep.dataset, run_dir), work_dir=run_dir.parent / "work")
+        context = replace(edit_context(run, prep.dataset, run_dir), work_dir=work)
         edited = get_method(name)(prep.model, prep.tokenizer, requests, context)
         edit_seconds = time.perf_counter() - start
     start = time.perf_counter()
@@ -110,13 +129,19 @@ def _measure_method(name: str, run: RunConfig, prep, run_dir: Path, mix: Sequenc
             "oracle_generality": oracle_generality(edited, prep.dataset.requests, run.max_new_tokens)}
 
 
-def bench_methods(config: BenchConfig, out_dir: str | Path, overwrite: bool = False) -> dict[str, Any]:
-    """Every method on the same edits; per-method run directories under `out_dir`."""
+def bench_methods(config: BenchConfig, out_dir: str | Path, overwrite: bool = False,
+                  work_dir: str | Path | None = None) -> dict[str, Any]:
+    """Every method on the same edits; per-method run directories under `out_dir`, cached stages in `work_dir`
+    (default `out_dir`/work)."""
     out_dir = Path(out_dir)
-    prep = prepare_run(config.run, out_dir, overwrite)
-    edited_prompts = [r.prompt for r in prep.dataset.requests[: config.throughput_queries]]
-    mix = [q for pair in zip(edited_prompts, default_unrelated()) for q in pair]  # alternate edited/unrelated
-    results = [bench_method(name, prep, config, out_dir / name, mix) for name in config.methods]
+    work = Path(work_dir) if work_dir else out_dir / "work"
+    dataset = check_run(config.run, out_dir, overwrite)
+    files.check_creatable(work)
+    with files.work_lock(out_dir), files.work_lock(work):  # one bench at a time on these directories
+        prep = prepare_run(config.run, out_dir, overwrite, dataset=dataset)
+        edited_prompts = [r.prompt for r in prep.dataset.requests[: config.throughput_queries]]
+        mix = [q for pair in zip(edited_prompts, default_unrelated()) for q in pair]  # alternate edited/unrelated
+        results = [bench_method(name, prep, config, out_dir / name, mix, work) for name in config.methods]
     return {"setup": {**asdict(config.run), "methods": list(config.methods), "data": prep.dataset.name,
                       "n_used": len(prep.dataset.requests), "filter": prep.note, "threads": os.cpu_count()},
             "results": results, "seconds": {k: round(v, 2) for k, v in prep.seconds.items()}}

@@ -8,8 +8,9 @@ from typing import Annotated
 import typer
 
 from meg.cli.common import (
-    DataOption, DeviceOption, FirstNOption, ModelOption,
-    command_line, friendly_errors, read_json_option,
+    DataOption, DeviceOption, FirstNOption, ModelOption, SkipInvalidOption,
+    check_count, check_file, check_model_device, check_out, check_stem, command_line, friendly_errors,
+    read_json_option, split_names,
 )
 
 
@@ -21,19 +22,30 @@ def command(
     n: FirstNOption = None,
     methods: Annotated[str, typer.Option(help="comma-separated methods")] = "unedited,meg,ft,memit,alphaedit,knn,mlp",
     configs: Annotated[Path | None, typer.Option(help="JSON {method: {config fields}}")] = None,
-    results: Annotated[Path, typer.Option(help="where the table goes")] = Path("docs/results"),
+    results: Annotated[Path | None, typer.Option(help="where the table goes (default: --out)")] = None,
+    work_dir: Annotated[Path | None, typer.Option(help="cached stages (encoder, collected vectors, generators, "
+                                                  "packs), shareable between benches (default: <out>/work)")] = None,
     name: Annotated[str | None, typer.Option(help="results file stem (default: bench-<data>-<n>)")] = None,
     seed: Annotated[int, typer.Option(help="seed of every stage")] = 0,
     overwrite: Annotated[bool, typer.Option(help="discard previous runs in --out")] = False,
+    skip_invalid: SkipInvalidOption = False,
     device: DeviceOption = "cpu",
 ) -> None:
     """Edit the first N records with every method; write JSON + markdown + PNG of the comparison."""
     from meg.benchmarks.compare import BenchConfig, bench_methods, write_bench
     from meg.evaluation.runner import RunConfig
 
-    run = RunConfig(model=model, data=str(data) if data else None, n=n, method="bench", seed=seed, device=device)
-    chosen = tuple(m.strip() for m in methods.split(",") if m.strip())
-    bench = bench_methods(BenchConfig(run, chosen, read_json_option(configs)), out, overwrite)
+    check_count(n, "--n")
+    check_file(data, "--data")
+    for path, option in ((out, "--out"), (results, "--results"), (work_dir, "--work-dir")):
+        check_out(path, option)
+    check_stem(name)
+    check_model_device(model, device)
+    run = RunConfig(model=model, data=str(data) if data else None, n=n, method="bench", seed=seed, device=device,
+                    skip_invalid=skip_invalid)
+    chosen = tuple(split_names(methods, "--methods"))
+    setup = BenchConfig(run, chosen, read_json_option(configs, "--configs"))  # checks every method and its config
+    bench = bench_methods(setup, out, overwrite, work_dir)
     stem = name or f"bench-{bench['setup']['data']}-{bench['setup']['n_used']}"
-    paths = write_bench(results, stem, bench, command_line())
+    paths = write_bench(results or out, stem, bench, command_line())
     typer.echo(Path(paths["md"]).read_text())

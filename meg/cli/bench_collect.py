@@ -7,7 +7,10 @@ from typing import Annotated
 
 import typer
 
-from meg.cli.common import DataOption, DeviceOption, ModelOption, NOption, command_line, friendly_errors, load_data, parse_ints
+from meg.cli.common import (
+    DataOption, DeviceOption, ModelOption, NOption,
+    check_count, check_model_device, check_out, command_line, friendly_errors, load_data, parse_ints,
+)
 
 
 @friendly_errors
@@ -27,10 +30,14 @@ def command(
     from meg.models import load_causal_lm
     from meg.surgery import neuron_spec
 
-    lm, tokenizer = load_causal_lm(model, device=device)
+    sizes = parse_ints(batch_sizes, "--batch-sizes", minimum=1)
+    check_count(single_edits, "--single-edits")
+    check_count(layer, "--layer", minimum=0)  # a negative layer would count from the end without a word
+    check_out(out, "--out")
+    check_model_device(model, device)
     dataset = load_data(data, n)
+    lm, tokenizer = load_causal_lm(model, device=device)
     spec, config = neuron_spec(lm, layer), preset_for(lm)
-    sizes = parse_ints(batch_sizes, "--batch-sizes")
     points = measure_collection_speed(lm, tokenizer, spec, dataset.requests, config, sizes, dataset.template, single_edits)
     description = (f"model {model} ({spec.model_type}, layer {spec.layer}, D={spec.dim}), {dataset.name}, "
                    f"collection {config}, device {device}")

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from meg.cli.common import ModelOption, command_line, friendly_errors
+from meg.cli.common import ModelOption, check_count, check_model_device, check_out, command_line, friendly_errors
 
 
 def demo_config(quick: bool = False):
@@ -61,6 +61,9 @@ def command(
     from meg.cli.summaries import demo_table
     from meg.evaluation.report import report_markdown
 
+    check_count(n, "--n")
+    check_out(out, "--out")
+    check_model_device(model, "cpu")
     report = run_demo(model, n, out, quick=quick, command=command_line())
     typer.echo(demo_table(examples(out)))
     typer.echo(report_markdown(report))

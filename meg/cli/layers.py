@@ -7,7 +7,10 @@ from typing import Annotated
 
 import typer
 
-from meg.cli.common import DataOption, DeviceOption, ModelOption, NOption, command_line, friendly_errors, load_data, parse_ints
+from meg.cli.common import (
+    DataOption, DeviceOption, ModelOption, NOption,
+    check_model_device, check_out, command_line, friendly_errors, load_data, parse_ints,
+)
 
 
 @friendly_errors
@@ -21,14 +24,23 @@ def command(
     device: DeviceOption = "cpu",
 ) -> None:
     """Collect N edits at every layer, print the success table and the best layer."""
-    from meg.collection import preset_for
     from meg.benchmarks.layers import best_layer, layers_markdown, sweep_layers, write_layer_sweep
+    from meg.collection import preset as named_preset
+    from meg.collection import preset_for
     from meg.models import load_causal_lm
+    from meg.surgery import neuron_spec
 
-    lm, tokenizer = load_causal_lm(model, device=device)
+    chosen = parse_ints(layers, "--layers", minimum=0)
+    if preset is not None:
+        named_preset(preset)  # an unknown name is refused now, not after the model has loaded
+    check_out(out, "--out")
+    check_model_device(model, device)
     dataset = load_data(data, n)
+    lm, tokenizer = load_causal_lm(model, device=device)
+    for layer in chosen or ():
+        neuron_spec(lm, layer)  # every layer in range, before the first one is swept
     config = preset_for(lm, preset)
-    scores = sweep_layers(lm, tokenizer, dataset.requests, config, dataset.template, parse_ints(layers, "--layers"))
+    scores = sweep_layers(lm, tokenizer, dataset.requests, config, dataset.template, chosen)
     typer.echo(layers_markdown(scores))
     typer.echo(f"best layer: {best_layer(scores).layer}")
     if out is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from meg.cli import bench, bench_collect, demo, edit, env, generate, layers, route_bench, run
+from meg.cli import bench, bench_collect, cache, demo, edit, env, generate, layers, pack, route_bench, run
 from meg.cli import eval as eval_command
 
 app = typer.Typer(
@@ -26,10 +26,15 @@ COMMANDS = {
     "layers": layers,
     "bench-collect": bench_collect,
     "env": env,
+    "pack": pack,  # a group: `meg pack show`, `meg pack diff`, `meg pack verify`
+    "cache": cache,  # a group: `meg cache ls`, `meg cache clear`
 }
 
 for _name, _module in COMMANDS.items():
-    app.command(_name)(_module.command)
+    if hasattr(_module, "group"):  # a module with subcommands registers its Typer group
+        app.add_typer(_module.group, name=_name)
+    else:
+        app.command(_name)(_module.command)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,10 @@ from typing import Annotated
 
 import typer
 
-from meg.cli.common import DataOption, FirstNOption, command_line, friendly_errors, load_data
+from meg.cli.common import (
+    DataOption, FirstNOption,
+    check_out, check_stem, command_line, friendly_errors, load_data, split_names,
+)
 
 
 @friendly_errors
@@ -32,7 +35,9 @@ def command(
     from meg.errors import InputError
     from meg.files import cache_dir
 
-    chosen = [v.strip() for v in routers.split(",") if v.strip()]
+    chosen = split_names(routers, "--routers")
+    check_stem(name)
+    check_out(out, "--out")
     unknown = [v for v in chosen if v not in VARIANTS]
     if unknown:
         raise InputError(f"unknown router variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")

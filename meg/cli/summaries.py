@@ -40,3 +40,40 @@ def demo_table(rows) -> str:
     body = [[r["edit"], r["kind"], r["prompt"][:60], r["expected"], r["before"].strip()[:30], r["after"].strip()[:30],
              "yes" if r["ok"] else "no"] for r in rows]
     return markdown_table(["edit", "query", "prompt", "expected", "before", "after", "pass"], body)
+
+
+def operation_summary(pack, path: Path) -> str:
+    """What a lifelong operation (`meg edit --pack`) did: the ids it touched, possible conflicts, what was
+    recomputed, and how long each stage took (the pack's last history entry)."""
+    entry: dict[str, Any] = pack.history[-1]
+    counts = ", ".join(f"{len(entry.get(k, []))} {k}" for k in ("added", "replaced", "removed"))
+    lines = [f"wrote {path}: {entry['operation']}: {counts}; {len(pack)} edits now (next id {pack.next_id})"]
+    for key in ("added", "replaced", "removed"):
+        if entry.get(key):
+            lines.append(f"{key} ids: {id_ranges(entry[key])}")
+    if entry.get("unchanged"):
+        lines.append(f"{len(entry['unchanged'])} edits given again unchanged (ids {id_ranges(entry['unchanged'])})")
+    if entry.get("duplicate_prompts"):
+        lines.append(f"{len(entry['duplicate_prompts'])} duplicate prompts in the file: the later edit won")
+    for c in entry.get("conflicts", []):
+        lines.append(f"possible conflict (both kept): id {c['id']} {c['prompt']!r} -> {c['target']!r} vs "
+                     f"id {c['earlier_id']} {c['earlier_prompt']!r} -> {c['earlier_target']!r}")
+    if "collection_rows" in entry:
+        lines.append(f"collected {entry['collected']}/{entry['collection_rows']} new vectors")
+    steps = f" ({entry['generator_steps']} steps)" if "generator_steps" in entry else ""
+    lines.append(f"generator: {entry['generator']}{steps}")
+    lines.append("stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in entry.get("stage_seconds", {}).items()))
+    return "\n".join(lines)
+
+
+def id_ranges(ids, limit: int = 12) -> str:
+    """[0, 1, 2, 5, 7, 8] -> '0-2, 5, 7-8' (at most `limit` runs, then how many more)."""
+    out, ids = [], sorted(ids)
+    start = prev = ids[0]
+    for i in [*ids[1:], None]:
+        if i is not None and i == prev + 1:
+            prev = i
+            continue
+        out.append(f"{start}-{prev}" if prev > start else str(start))
+        start = prev = i
+    return ", ".join(out[:limit]) + (f" and {len(out) - limit} more runs" if len(out) > limit else "")

@@ -28,7 +28,7 @@ _LOADERS: dict[str, Callable[[Path, bool], list[EditRequest]]] = {
     "counterfact": load_counterfact,
     "zsre": load_zsre,
     "knowedit": load_knowedit,
-    "jsonl": lambda path, skip_invalid: load_edit_file(path),  # a user's own file: always strict
+    "jsonl": load_edit_file,
 }
 
 
@@ -80,7 +80,8 @@ def load_dataset(
 
     Published files are strict by default: the first invalid record raises a one-line InputError naming file,
     record and field. `skip_invalid=True` drops invalid records of a published file (JSON) with one warning;
-    e.g. MEND's zsre_mend_train-1k.json has two records whose new answer `alt` is empty.
+    e.g. MEND's zsre_mend_train-1k.json has two records whose new answer `alt` is empty. A JSONL edit file is
+    strict too, and `skip_invalid` applies to it the same way (the user asked for it by name).
     """
     path = Path(path)
     if kind not in get_args(DatasetKind):

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from meg.errors import InputError
+from meg.files import read_text
 
 Record = dict[str, Any]
 T = TypeVar("T")
@@ -26,12 +27,13 @@ def where(path: Path, index: int) -> str:
 def read_records(path: str | Path) -> list[Record]:
     """A JSON file holding a list of objects (the published format of CounterFact, ZsRE and KnowEdit)."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
+    text = read_text(path, "data file")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(text)
     except json.JSONDecodeError as err:
         raise InputError(f"{path.name}: invalid JSON at line {err.lineno} ({err.msg})") from None
+    except RecursionError:
+        raise InputError(f"{path.name}: JSON nested too deeply") from None
     if not isinstance(data, list) or not data:
         raise InputError(f"{path.name}: expected a non-empty JSON list of records")
     for index, record in enumerate(data):

@@ -234,7 +234,13 @@ class WeightGenerator(nn.Module):
         for name in (GENERATOR_WEIGHTS, GENERATOR_CONFIG):
             if not (directory / name).is_file():
                 raise InputError(f"{directory} has no {name}; it is not a saved generator")
-        meta = files.read_json(directory / GENERATOR_CONFIG)
-        model = cls(GeneratorConfig.from_dict(meta["config"]), int(meta["dim"]), int(meta["cond_dim"]))
-        model.load_state_dict(files.load_tensors(directory / GENERATOR_WEIGHTS))
+        meta = files.read_user_json(directory / GENERATOR_CONFIG)  # damaged files: one line naming them
+        try:
+            model = cls(GeneratorConfig.from_dict(meta["config"]), int(meta["dim"]), int(meta["cond_dim"]))
+            model.load_state_dict(files.load_tensors(directory / GENERATOR_WEIGHTS))
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            if isinstance(err, InputError):
+                raise
+            raise InputError(f"{directory}: damaged generator ({str(err).splitlines()[0][:200]}); delete it to "
+                             "train again") from None
         return model.to(device)

@@ -37,6 +37,10 @@ from meg.training_state import load_training_state, save_training_state
 ZERO_FRACTION = 0.5  # +DA: share of (unrelated query, zero vector) pairs in each batch (research code: 0.5)
 EVAL_SIZE = 64  # training vectors in the fixed subset the stop criterion is measured on
 LOG_EVERY = 50  # loss curve: mean loss over windows of this many steps
+# Fine-tuning with a focus (a lifelong add: the new edits): the share of every batch, and of the evaluation subset,
+# drawn from the focus rows; the rest replays the other pairs, so the generator learns the new vectors without
+# forgetting the old ones (docs/LOG.md, 2026-12-01, lifelong editing).
+FOCUS_FRACTION = 0.5
 
 
 @dataclass
@@ -73,6 +77,13 @@ class _Data:
     vectors: torch.Tensor
     conds: torch.Tensor
     zero_conds: torch.Tensor | None
+    focus: torch.Tensor | None = None  # (F,) rows (CPU) given FOCUS_FRACTION of every batch, or None: all alike
+
+    def split(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(focus rows, the other rows) as CPU index tensors."""
+        inside = torch.zeros(self.vectors.shape[0], dtype=torch.bool)
+        inside[self.focus] = True
+        return inside.nonzero().flatten(), (~inside).nonzero().flatten()
 
 
 def _check_inputs(vectors: torch.Tensor, conds: torch.Tensor, zero_conds: torch.Tensor | None) -> None:
@@ -109,7 +120,10 @@ def _batches(data: _Data, config: GeneratorConfig, generator: torch.Generator):
     +DA zero pairs drawn with replacement so that they make up ZERO_FRACTION of each batch.
 
     B = batch_size when there are enough collected vectors; with fewer, every step takes all N of them (and
-    the matching number of zero pairs)."""
+    the matching number of zero pairs). With a focus, see `_focused_batches`."""
+    if data.focus is not None:
+        yield from _focused_batches(data, config, generator)
+        return
     n, device = data.vectors.shape[0], data.vectors.device
     per_batch, n_zero = _pairs_per_batch(data, config)
     while True:
@@ -122,6 +136,33 @@ def _batches(data: _Data, config: GeneratorConfig, generator: torch.Generator):
                 x0 = torch.cat([x0, x0.new_zeros(n_zero, x0.shape[1])])  # (b + z, D)
                 cond = torch.cat([cond, data.zero_conds[zi]])  # (b + z, C)
             yield x0, cond
+
+
+def _chunks(rows: torch.Tensor, size: int, generator: torch.Generator):
+    """Endless index chunks of `size` from `rows` (CPU), a seeded permutation per pass, full chunks only."""
+    while True:
+        order = rows[torch.randperm(len(rows), generator=generator)]
+        for start in range(0, len(rows) - size + 1, size):
+            yield order[start : start + size]
+
+
+def _focused_batches(data: _Data, config: GeneratorConfig, generator: torch.Generator):
+    """Like `_batches`, but FOCUS_FRACTION of each batch's collected pairs (or every focus row, if fewer) come
+    from the focus rows and the rest from the others, each stream in its own seeded epochs."""
+    device = data.vectors.device
+    per_batch, n_zero = _pairs_per_batch(data, config)
+    focus, rest = data.split()
+    n_focus = per_batch if not len(rest) else min(len(focus), max(1, round(per_batch * FOCUS_FRACTION)))
+    n_rest = min(len(rest), per_batch - n_focus)
+    streams = [_chunks(focus, n_focus, generator)] + ([_chunks(rest, n_rest, generator)] if n_rest else [])
+    while True:
+        idx = torch.cat([next(s) for s in streams]).to(device)
+        x0, cond = data.vectors[idx], data.conds[idx]  # (b, D), (b, C)
+        if n_zero:
+            zi = torch.randint(0, data.zero_conds.shape[0], (n_zero,), generator=generator).to(device)
+            x0 = torch.cat([x0, x0.new_zeros(n_zero, x0.shape[1])])  # (b + z, D)
+            cond = torch.cat([cond, data.zero_conds[zi]])  # (b + z, C)
+        yield x0, cond
 
 
 def evaluate(
@@ -172,7 +213,14 @@ def _std(x: torch.Tensor) -> float:
 def _eval_subset(data: _Data, config: GeneratorConfig) -> _Data:
     """A fixed, seeded subset of EVAL_SIZE training pairs (and of the zero conditions)."""
     gen = torch.Generator().manual_seed(config.seed + 1)
-    idx = torch.randperm(data.vectors.shape[0], generator=gen)[:EVAL_SIZE].to(data.vectors.device)
+    if data.focus is None:
+        idx = torch.randperm(data.vectors.shape[0], generator=gen)[:EVAL_SIZE]
+    else:  # FOCUS_FRACTION of the subset from the focus rows, so the stop criterion watches what is being learned
+        focus, rest = data.split()
+        k = min(len(focus), max(EVAL_SIZE - len(rest), round(EVAL_SIZE * FOCUS_FRACTION)))
+        idx = torch.cat([focus[torch.randperm(len(focus), generator=gen)[:k]],
+                         rest[torch.randperm(len(rest), generator=gen)[: EVAL_SIZE - k]]])
+    idx = idx.to(data.vectors.device)
     zero = None
     if data.zero_conds is not None and data.zero_conds.shape[0] > 0:
         zidx = torch.randperm(data.zero_conds.shape[0], generator=gen)[:EVAL_SIZE]
@@ -183,11 +231,15 @@ def _eval_subset(data: _Data, config: GeneratorConfig) -> _Data:
 class _Trainer:
     """One run: the model, its optimiser, the batch stream and the log. `run()` returns when a stop fires."""
 
-    def __init__(self, data: _Data, config: GeneratorConfig, progress: bool, checkpoint: Path | None) -> None:
+    def __init__(self, data: _Data, config: GeneratorConfig, progress: bool, checkpoint: Path | None,
+                 init: WeightGenerator | None = None) -> None:
         self.config, self.data, self.checkpoint = config, data, checkpoint
         device = data.vectors.device
         self.model = WeightGenerator(config, data.vectors.shape[1], data.conds.shape[1]).to(device)
-        self.model.fit_normalization(data.vectors)
+        if init is None:
+            self.model.fit_normalization(data.vectors)
+        else:  # fine-tuning: the starting weights keep their normalisation, which the denoiser was trained in
+            self.model.load_state_dict(init.state_dict())
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=effective_lr(data, config), weight_decay=0.0)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, partial(lr_factor, config))
         # The EMA copy (when on) is what gets evaluated, kept and returned; the raw weights only train.
@@ -311,6 +363,8 @@ def train_generator(
     zero_conds: torch.Tensor | None = None,
     progress: bool = True,
     checkpoint: str | Path | None = None,
+    init: WeightGenerator | None = None,
+    focus: torch.Tensor | None = None,
 ) -> tuple[WeightGenerator, TrainingLog]:
     """Train a generator that maps conds (N, C) to the collected vectors (N, D) (original weight space).
 
@@ -318,32 +372,52 @@ def train_generator(
     Stops when the criterion falls under `config.stop_threshold`, or at `max_steps`; the returned model holds
     the best evaluated weights. Deterministic given `config.seed` (on one device and thread count). With
     `checkpoint` (a path keyed by the inputs), the training state is saved there after every evaluation and a
-    state found there is continued, ending as an uninterrupted run would.
+    state found there is continued, ending as an uninterrupted run would. With `init` (a generator of the same
+    architecture and sizes), training starts from its weights and normalisation instead of a fresh network: a
+    lifelong update fine-tunes the pack's generator (`meg.editor.MegEditor.add`) with `config`'s schedule.
+    `focus` (row indices, e.g. the new edits' pairs): FOCUS_FRACTION of every batch and of the evaluation subset
+    come from these rows, the rest replays the others.
     """
     config = config or GeneratorConfig()
     _check_inputs(vectors, conds, zero_conds)
+    if init is not None and (init.dim, init.cond_dim) != (vectors.shape[1], conds.shape[1]):
+        raise InputError(f"init generator maps {init.cond_dim}-d conditions to {init.dim}-d vectors, but the data "
+                         f"has {conds.shape[1]}-d conditions and {vectors.shape[1]}-d vectors")
     device = vectors.device
     data = _Data(
         vectors.detach().float(),
         conds.detach().to(device, torch.float32),
         None if zero_conds is None else zero_conds.detach().to(device, torch.float32),
+        None if focus is None else _focus_rows(focus, vectors.shape[0]),
     )
-    return _Trainer(data, config, progress, Path(checkpoint) if checkpoint else None).run()
+    return _Trainer(data, config, progress, Path(checkpoint) if checkpoint else None, init).run()
+
+
+def _focus_rows(focus: torch.Tensor, n: int) -> torch.Tensor:
+    rows = torch.as_tensor(focus, dtype=torch.long).flatten().cpu().unique()
+    if len(rows) == 0 or rows.min() < 0 or rows.max() >= n:
+        raise InputError(f"focus must name between 1 and {n} training rows in 0..{n - 1}, got {len(rows)} rows "
+                         f"in {rows.min().item() if len(rows) else '-'}..{rows.max().item() if len(rows) else '-'}")
+    return rows
 
 
 def trained_generator(config: GeneratorConfig, vectors: torch.Tensor, conds: torch.Tensor,
-                      zero_conds: torch.Tensor | None, work: Path | None,
-                      progress: bool = True) -> tuple[WeightGenerator, dict]:
+                      zero_conds: torch.Tensor | None, work: Path | None, progress: bool = True,
+                      init: WeightGenerator | None = None, focus: torch.Tensor | None = None,
+                      ) -> tuple[WeightGenerator, dict]:
     """A generator trained on (conds -> vectors) (paper stage 4), or the one stored in the work directory `work`
     under a key of its inputs; an interrupted training continues from its state saved there at the last
-    evaluation. Trains on the device of `vectors`."""
-    key = files.digest(config.to_dict(), vectors, conds, zero_conds if zero_conds is not None else 0)
+    evaluation. Trains on the device of `vectors`; `init` / `focus`: fine-tune (see `train_generator`)."""
+    # Fresh trainings keep the keys they had before fine-tuning existed: the extra parts are only added for it.
+    extra = [*(init.state_dict().values() if init is not None else []),
+             *([torch.as_tensor(focus)] if focus is not None else [])]
+    key = files.digest(config.to_dict(), vectors, conds, zero_conds if zero_conds is not None else 0, *extra)
     cached = work / files.TRAINED_GENERATOR.format(key=key) if work else None
     if cached and (cached / files.PACK_GENERATOR).is_file():
         return WeightGenerator.load(cached, device=vectors.device), {"resumed_from": cached.name}
     checkpoint = work / files.GENERATOR_TRAINING.format(key=key) if work else None
     generator, log = train_generator(vectors, conds, config, zero_conds=zero_conds, progress=progress,
-                                     checkpoint=checkpoint)
+                                     checkpoint=checkpoint, init=init, focus=focus)
     if cached:
         generator.save(cached)
         checkpoint.unlink(missing_ok=True)  # the finished generator replaces its (several times larger) state

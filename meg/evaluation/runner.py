@@ -2,7 +2,8 @@
 evaluate with the paper's protocol and write the report.
 
 The run directory holds the frozen run config, the editing work files (resumable), the per-case records
-(resumable) and the report. The pre-edit model's outputs are cached per model fingerprint and template under
+(resumable) and the report; one process at a time works in it (a second waits, `files.work_lock`). Every setting
+and the data file are checked before the model is loaded or anything is written. The pre-edit model's outputs are cached per model fingerprint and template under
 the cache directory (default ~/.cache/meg-edit, or $MEG_CACHE_DIR).
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ from meg.errors import InputError
 from meg.evaluation.harness import evaluate, pre_edit_outputs
 from meg.evaluation.metrics import ag_pass
 from meg.evaluation.report import build_report, write_report
-from meg.methods import EditContext, get_method
+from meg.methods import EditContext, check_config, get_method
 from meg.methods.unedited import PlainLM
 from meg.models import fingerprint, load_causal_lm
 from meg.requests import load_pseudo_pairs, load_queries
@@ -47,6 +49,37 @@ class RunConfig:
     seed: int = 0
     device: str = "cpu"
     chunk_size: int = 64
+    skip_invalid: bool = False  # drop invalid records of the data file (one warning) instead of failing
+
+    def __post_init__(self) -> None:
+        checks = {
+            "n": (self.n is None or _positive_int(self.n), "an integer >= 1, or null for all records"),
+            "zsre_target": (self.zsre_target in ZSRE_TARGETS, f"one of: {', '.join(ZSRE_TARGETS)}"),
+            "max_new_tokens": (_positive_int(self.max_new_tokens), "an integer >= 1"),
+            "chunk_size": (_positive_int(self.chunk_size), "an integer >= 1"),
+            "seed": (isinstance(self.seed, int) and not isinstance(self.seed, bool), "an integer"),
+            "keep_only_wrong": (self.keep_only_wrong in (None, True, False), "true, false or null"),
+            "method_config": (self.method_config is None or isinstance(self.method_config, dict), "an object or null"),
+        }
+        for name, (ok, valid) in checks.items():
+            if not ok:
+                raise InputError(f"RunConfig.{name} must be {valid}, got {getattr(self, name)!r}")
+
+
+ZSRE_TARGETS = ("new", "true")
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def frozen(config: RunConfig) -> dict[str, Any]:
+    """The run config as stored in run_config.json (`skip_invalid` only when set, so runs frozen before the
+    setting existed still match)."""
+    data = asdict(config)
+    if not data["skip_invalid"]:
+        del data["skip_invalid"]
+    return data
 
 
 def _cache_file(model, dataset: Dataset) -> Path:
@@ -56,13 +89,13 @@ def _cache_file(model, dataset: Dataset) -> Path:
 
 def _freeze(run_dir: Path, config: RunConfig, overwrite: bool) -> None:
     path = run_dir / files.RUN_CONFIG
-    frozen = asdict(config)
-    if path.exists() and not overwrite and files.read_json(path) != frozen:
+    settings = frozen(config)
+    if path.exists() and not overwrite and files.read_user_json(path) != settings:
         raise InputError(f"{run_dir} holds a run with other settings; pass --overwrite or choose another --out")
     if overwrite and run_dir.exists():
         for name in (files.RUN_RECORDS, files.REPORT_JSON):
             (run_dir / name).unlink(missing_ok=True)
-    files.atomic_write_json(path, frozen)
+    files.atomic_write_json(path, settings)
 
 
 def select_records(dataset: Dataset, config: RunConfig, base: PlainLM, cache: Path | None) -> tuple[Dataset, str | None]:
@@ -79,7 +112,8 @@ def select_records(dataset: Dataset, config: RunConfig, base: PlainLM, cache: Pa
         requests = kept
     if config.n is not None:
         if config.n > len(requests):
-            raise InputError(f"--n {config.n} is more than the {len(requests)} usable records of {dataset.name}")
+            raise InputError(f"--n {config.n} is more than the {len(requests)} usable records of {dataset.name}"
+                             + (f" ({note})" if note else ""))
         requests = requests[: config.n]
     return replace(dataset, requests=requests), note
 
@@ -101,14 +135,38 @@ class PreparedRun:
     seconds: dict[str, float]
 
 
-def prepare_run(config: RunConfig, run_dir: Path, overwrite: bool, template: str | None = None) -> PreparedRun:
-    """Freeze the config, load model and data, select records, compute the pre-edit outputs."""
+def read_dataset(config: RunConfig, template: str | None = None) -> Dataset:
+    """The run's records, read and checked before any model is loaded: every record valid (or skipped with
+    `skip_invalid`), and N not more than the records that can be used."""
+    template = template or config.template
+    dataset = (load_dataset(config.data, template=template, skip_invalid=config.skip_invalid) if config.data
+               else _demo(template))
+    usable = [r for r in dataset.requests if r.ground_truth] if config.zsre_target == "true" else dataset.requests
+    if config.n is not None and config.n > len(usable):
+        raise InputError(f"--n {config.n} is more than the {len(usable)} usable records of {dataset.name}")
+    return dataset
+
+
+def check_run(config: RunConfig, run_dir: Path, overwrite: bool, template: str | None = None) -> Dataset:
+    """Everything about a run that can be checked before the model is loaded: the data (`read_dataset`), the run
+    directory (creatable, and not holding a run with other settings unless `overwrite`)."""
+    dataset = read_dataset(config, template)
+    files.check_creatable(run_dir)
+    path = run_dir / files.RUN_CONFIG
+    if path.is_file() and not overwrite and files.read_user_json(path) != frozen(config):
+        raise InputError(f"{run_dir} holds a run with other settings; pass --overwrite or choose another --out")
+    return dataset
+
+
+def prepare_run(config: RunConfig, run_dir: Path, overwrite: bool, template: str | None = None,
+                dataset: Dataset | None = None) -> PreparedRun:
+    """Check the data and the run directory, freeze the config, load the model, select records, compute the
+    pre-edit outputs. `dataset`: the records `check_run` already read."""
     start, seconds = time.perf_counter(), {}
+    dataset = dataset or check_run(config, run_dir, overwrite, template)
     run_dir.mkdir(parents=True, exist_ok=True)
     _freeze(run_dir, config, overwrite)
     model, tokenizer = load_causal_lm(config.model, device=config.device)
-    template = template or config.template
-    dataset = load_dataset(config.data, template=template) if config.data else _demo(template)
     base, cache = PlainLM(model, tokenizer, dataset.template), _cache_file(model, dataset)
     dataset, note = select_records(dataset, config, base, cache)
     seconds["load"] = time.perf_counter() - start
@@ -139,28 +197,34 @@ def run_edit_and_eval(config: RunConfig, out: str | Path, overwrite: bool = Fals
     """Edit the first N records in one batch with `config.method`, evaluate every record, write the report
     into `out` and return it."""
     started, run_dir = time.perf_counter(), Path(out)
-    prep = prepare_run(config, run_dir, overwrite)
-    t = time.perf_counter()
+    check_config(config.method, config.method_config)
     apply = get_method(config.method)
-    requests = [r.for_editing() for r in prep.dataset.requests]
-    edited = apply(prep.model, prep.tokenizer, requests, edit_context(config, prep.dataset, run_dir))
-    prep.seconds["edit"] = time.perf_counter() - t
-    return _evaluate_and_report(prep, edited, config, run_dir, command, started)
+    dataset = check_run(config, run_dir, overwrite)
+    with files.work_lock(run_dir):
+        prep = prepare_run(config, run_dir, overwrite, dataset=dataset)
+        t = time.perf_counter()
+        requests = [r.for_editing() for r in prep.dataset.requests]
+        edited = apply(prep.model, prep.tokenizer, requests, edit_context(config, prep.dataset, run_dir))
+        prep.seconds["edit"] = time.perf_counter() - t
+        return _evaluate_and_report(prep, edited, config, run_dir, command, started)
 
 
 def evaluate_pack(pack_dir: str | Path, model: str, data: str | None, n: int | None, out: str | Path,
-                  overwrite: bool = False, device: str = "cpu", command: str = "") -> dict[str, Any]:
+                  overwrite: bool = False, device: str = "cpu", command: str = "", skip_invalid: bool = False,
+                  trust_models: bool | Sequence[str] = ()) -> dict[str, Any]:
     """Evaluate an existing pack (its own template) on the first N usable records of `data`."""
     from meg.edited_model import EditedModel
     from meg.pack import EditPack
 
     started, run_dir = time.perf_counter(), Path(out)
-    pack = EditPack.load(pack_dir)
+    pack = EditPack.load(pack_dir, trust_models=trust_models)
     config = RunConfig(model=model, data=data, n=n, method=f"meg (pack {Path(pack_dir).name})", device=device,
-                       template=pack.template.text)
-    prep = prepare_run(config, run_dir, overwrite)
-    edited = EditedModel(prep.model, prep.tokenizer, pack)
-    return _evaluate_and_report(prep, edited, config, run_dir, command, started)
+                       template=pack.template.text, skip_invalid=skip_invalid)
+    dataset = check_run(config, run_dir, overwrite)
+    with files.work_lock(run_dir):
+        prep = prepare_run(config, run_dir, overwrite, dataset=dataset)
+        edited = EditedModel(prep.model, prep.tokenizer, pack)
+        return _evaluate_and_report(prep, edited, config, run_dir, command, started)
 
 
 def _demo(template: str | None) -> Dataset:

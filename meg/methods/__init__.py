@@ -22,6 +22,33 @@ METHODS: dict[str, str] = {
 }
 
 
+# Each baseline's config class (module:class), to check a config before any model is loaded.
+_BASELINE_CONFIGS = {"ft": "meg.baselines.ft:FTConfig", "memit": "meg.baselines.memit:MEMITConfig",
+                     "alphaedit": "meg.baselines.alphaedit:AlphaEditConfig"}
+
+
+def check_config(name: str, config: object) -> None:
+    """Refuse an unknown method, or a config its `apply` would refuse, before any model is loaded: MeG variants
+    take MegConfig fields, baselines their own config (or a preset), `unedited` none."""
+    get_method(name)
+    if config is None:
+        return
+    if name == "unedited":
+        raise InputError(f"method 'unedited' takes no config, got {config!r}")
+    if name in _BASELINE_CONFIGS:  # resolved by name, as METHODS are: the baselines import this package
+        module, cls = _BASELINE_CONFIGS[name].split(":")
+        loaded = importlib.import_module(module)
+        importlib.import_module("meg.baselines.base").resolve_config(getattr(loaded, cls), config, loaded.PRESETS)
+        return
+    from meg.config import MegConfig
+
+    if not isinstance(config, dict | MegConfig):
+        raise InputError(f"the config of method {name!r} must be a JSON object of MegConfig fields, got "
+                         f"{type(config).__name__}")
+    if isinstance(config, dict):
+        MegConfig.from_dict(config)
+
+
 def get_method(name: str) -> ApplyFn:
     """The `apply` function registered under `name`."""
     if name not in METHODS:
@@ -30,4 +57,4 @@ def get_method(name: str) -> ApplyFn:
     return getattr(importlib.import_module(module), function)
 
 
-__all__ = ["METHODS", "EditContext", "EditedLM", "get_method"]
+__all__ = ["METHODS", "EditContext", "EditedLM", "check_config", "get_method"]

@@ -22,7 +22,7 @@ from meg.encoder import EncoderConfig
 from meg.errors import PackError
 from meg.files import digest
 from meg.methods.base import EditContext
-from meg.pack import EditPack
+from meg.pack import EditPack, named_models
 from meg.requests import EditRequest, deduplicate
 from meg.surgery import neuron_spec
 
@@ -40,8 +40,8 @@ def meg_config(context: EditContext) -> MegConfig:
 def _reusable(path: Path, editor: MegEditor, requests: Sequence[EditRequest]) -> EditPack | None:
     if not path.is_dir():
         return None
-    try:
-        pack = EditPack.load(path)
+    try:  # the models this editor's own config names are trusted: it chose them
+        pack = EditPack.load(path, trust_models=list(named_models(editor.resolved_config()).values()))
     except PackError as err:
         log.warning("ignoring unreadable pack in the work directory: %s", err)
         return None

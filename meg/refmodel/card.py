@@ -16,7 +16,7 @@ import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerFast
 
 from meg.data.facts import Fact
-from meg.decoding import greedy_generate
+from meg.decoding import MAX_NEW_TOKENS, greedy_generate
 from meg.files import atomic_directory
 from meg.prompts import answers_match
 from meg.refmodel.corpus import EvalFacts
@@ -32,7 +32,7 @@ def greedy_accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, 
     """Share of facts whose greedy completion of the templated prompt is exactly the answer."""
     if not facts:
         return float("nan")
-    generated = greedy_generate(model, tokenizer, [fact.text() for fact in facts], max_new_tokens=20)
+    generated = greedy_generate(model, tokenizer, [fact.text() for fact in facts], max_new_tokens=MAX_NEW_TOKENS)
     return sum(answers_match(g, f.answer) for g, f in zip(generated, facts)) / len(facts)
 
 
@@ -68,7 +68,8 @@ def save_reference_model(
     loads it back as float32.
     """
     eos = tokenizer.eos_token_id
-    with atomic_directory(out_dir, overwrite=True) as tmp:
+    with atomic_directory(out_dir, overwrite=True, replaces=lambda d: (d / SUMMARY_FILE).is_file(),
+                          what="a reference model directory") as tmp:
         tmp.chmod(0o755)  # mkdtemp makes it private; the shipped directory is an ordinary one
         copy.deepcopy(model).to(torch.float16).save_pretrained(tmp)  # transformers >= 5 writes safetensors only
         tokenizer.save_pretrained(tmp)
@@ -91,7 +92,8 @@ def _accuracy_rows(accuracy: dict[str, dict]) -> str:
 def model_card(summary: dict) -> str:
     """The README.md of the checkpoint: data, recipe, parameters, loss, time, greedy accuracy."""
     c, corpus = summary["config"], summary["corpus"]
-    losses = ", ".join(f"{x:.3f}" for x in summary["epoch_losses"])
+    if c.get("corpus2"):
+        return _card2(summary)
     return f"""# meg-edit reference model
 
 A small GPT-2-architecture causal LM trained from scratch on the TRUE facts of the shared knowledge-editing
@@ -111,7 +113,14 @@ True facts only, never the counterfactual targets (meg/refmodel/corpus.py), one 
 
 ## Recipe
 `{RECIPE_COMMAND}` (deterministic: seed {c['seed']}, {c['threads']} CPU threads).
-- Tokenizer: byte-level BPE trained on the corpus, {summary['vocab_size']:,} tokens, `<|endoftext|>` = EOS = PAD
+{_recipe_rows(summary)}"""
+
+
+def _recipe_rows(summary: dict) -> str:
+    """The Recipe items after the command, and the Results (shared by both cards)."""
+    c = summary["config"]
+    losses = ", ".join(f"{x:.3f}" for x in summary["epoch_losses"])
+    return f"""- Tokenizer: byte-level BPE trained on the corpus, {summary['vocab_size']:,} tokens, `<|endoftext|>` = EOS = PAD
   = BOS, no BOS added, no prefix space.
 - Model: GPT-2, n_embd {c['n_embd']}, {c['n_layer']} layers, {c['n_head']} heads, {c['n_positions']} positions,
   dropout 0, {summary['num_parameters']:,} parameters; stored in float16 safetensors.
@@ -131,6 +140,37 @@ several answers in the corpus, e.g. "X is a twin city of", are not sampled):
 |---|---|---|
 {_accuracy_rows(summary['greedy_accuracy'])}
 """
+
+
+def _card2(summary: dict) -> str:
+    """The model card of reference-2 (corpus2.py: several wordings and contexts per fact)."""
+    c, corpus, name = summary["config"], summary["corpus"], summary.get("recipe", "reference-2")
+    k = c["corpus2"]
+    contexts = "-".join(str(n) for n in (0, len(k["context_weights"]) - 1))
+    return f"""# meg-edit {name}
+
+A GPT-2-architecture causal LM trained from scratch on the TRUE facts of the shared knowledge-editing data sets,
+each fact in several wordings of its relation and in several contexts, so that the model recalls a fact from its
+subject (what MEMIT and AlphaEdit edit: the subject's last token) rather than from one memorised template. It is
+not a general language model. Load it with `meg.models.load_causal_lm("{name}")`.
+
+## Data
+True facts only, never the counterfactual targets (meg/refmodel/corpus2.py); every line is followed by
+`<|endoftext|>`:
+- every wording the data sets give, alone, as the first reference model had them (`template(prompt) + " " +
+  answer + "."`): CounterFact prompts, paraphrases and locality prompts (all 21,919 cases), ZsRE questions and
+  paraphrases in `Q: Answer the following question in less than 5 words. {{prompt}}\\nA:`, MEND's NQ pairs,
+  KnowEdit's prompts and locality facts (ZsRE, wiki_counterfact, wiki_recent), ROME's known_1000;
+- {k['extra_wordings']} more lines per fact: other templates of its relation (templates grouped by
+  paraphrase and locality links, see the module), after {contexts} context sentences (other facts, or general text:
+  CounterFact paraphrases' leading sentences and KnowEdit WikiBio sentences).
+- {corpus.get('facts', 0):,} facts in {corpus.get('relations', 0):,} relation groups; {corpus['lines']:,} distinct lines
+  ({corpus['dropped_too_long']} longer than {c['n_positions']} tokens left out), {corpus['tokens_per_epoch']:,} tokens per epoch.
+
+## Recipe
+`python scripts/train_reference_model.py --recipe {name} --data ../shared/data` (deterministic: seed {c['seed']},
+{c['threads']} CPU thread(s); resumable: a rerun with the same `--work-dir` continues from the last checkpoint).
+{_recipe_rows(summary)}"""
 
 
 __all__ = ["CARD_FILE", "RECIPE_COMMAND", "SUMMARY_FILE", "evaluate", "greedy_accuracy", "model_card", "save_reference_model"]

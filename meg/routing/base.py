@@ -84,7 +84,8 @@ class Router(Protocol):
     # Construction: `fit(data: RoutingData, config, progress) -> Router` at edit time, with the router's own
     # config (GateConfig, RetrievalConfig), and `from_state(config, fitted, state_dict, edit_embeddings, requests,
     # encode) -> Router` when a pack is loaded (`encode` embeds texts with the pack's tuned encoder, for routers
-    # that embed more than the query).
+    # that embed more than the query); `router.refit(data, progress) -> Router` fits the same router to another
+    # edit set, reusing what it learned that does not depend on the edits (lifelong add / remove).
 
 
 def nearest_edit(embeddings: torch.Tensor, edit_embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -45,6 +45,10 @@ class PaperGateRouter:
         router.log = log.to_dict()
         return router
 
+    def refit(self, data: RoutingData, progress: bool = True) -> PaperGateRouter:
+        """The gate for another edit set (a lifelong add or remove) is retrained: it memorises the edit set."""
+        return type(self).fit(data, self.config, progress)
+
     @classmethod
     def from_state(cls, config: GateConfig, fitted: dict[str, Any], state: dict[str, torch.Tensor],
                    edit_embeddings: torch.Tensor, requests: Sequence[Any] = (), encode: Any = None) -> PaperGateRouter:

@@ -273,6 +273,16 @@ class RetrievalRouter:
 
             verifier, verifier_log = trained_verifier(config.verifier, data.training_pairs, default_negative_pairs(),
                                                       data.work, progress)
+        return cls._calibrated(data, config, verifier, verifier_log)
+
+    def refit(self, data: RoutingData, progress: bool = True) -> RetrievalRouter:
+        """This router's settings and verifier on another edit set (a lifelong add or remove): only the
+        calibration is re-run, since the thresholds weigh the held-out pairs by the edits they are nearest to."""
+        return self._calibrated(data, self.config, self.verifier, self.calibration.get("verifier_training"))
+
+    @classmethod
+    def _calibrated(cls, data: RoutingData, config: RetrievalConfig, verifier: SubjectVerifier | None,
+                    verifier_log: dict | None) -> RetrievalRouter:
         router = cls(config, data.edit_embeddings, data.subjects, data.edit_queries,
                      {"subject": _CLOSED, "free": _CLOSED}, encode=data.encode, verifier=verifier)
         try:

@@ -1,0 +1,111 @@
+"""Scaling of `meg bench` with the number of edits: the six metrics and Score per method against N, and the meg
+fit's cost per stage against N with a fitted power law (log-log least squares), from the committed bench files.
+
+    python scripts/scaling_report.py --stem bench-counterfact-edit --ns 1024,2048,4096,10000
+
+Reads docs/results/<stem>-<N>.json (one `meg bench` run per N, each with its own cold work directory, so the meg
+row's stage seconds are a cold fit with the shipped encoder and verifier) and writes
+docs/results/scaling-<data>.{json,md,png} and docs/results/cost-<data>.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+METRICS = ("rel_ag", "gen_ag", "loc_ag", "rel_tf", "gen_tf", "loc_tf", "score")
+STAGES = ("encoder", "embed", "router", "collect", "generator")
+
+
+def power_law(ns: list[float], seconds: list[float]) -> float | None:
+    """Exponent b of seconds ~ a * N^b by least squares on logs (None with fewer than 2 positive points)."""
+    points = [(math.log(n), math.log(s)) for n, s in zip(ns, seconds) if s > 0]
+    if len(points) < 2:
+        return None
+    mx, my = (sum(p[i] for p in points) / len(points) for i in (0, 1))
+    var = sum((x - mx) ** 2 for x, _ in points)
+    return sum((x - mx) * (y - my) for x, y in points) / var if var else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stem", default="bench-counterfact-edit")
+    parser.add_argument("--ns", default="1024,2048,4096,10000")
+    parser.add_argument("--results", type=Path, default=REPO / "docs" / "results")
+    args = parser.parse_args()
+    from meg.results import markdown_table, read_results, write_results
+
+    benches = {}
+    for n in [int(x) for x in args.ns.split(",")]:
+        bench = read_results(args.results, f"{args.stem}-{n}")
+        if bench is None:
+            print(f"missing {args.stem}-{n}.json: skipped")
+            continue
+        benches[n] = bench
+    ns = sorted(benches)
+    data_name = args.stem.removeprefix("bench-")
+    rows, series = [], {}
+    for n in ns:
+        for r in benches[n]["results"]:
+            m = r["metrics"]
+            rows.append([n, r["method"], *[m.get(k) for k in METRICS], r["edit_seconds"], r["peak_rss_mb"]])
+            series.setdefault(r["method"], []).append((n, m["score"]))
+    command = f"python scripts/scaling_report.py --stem {args.stem} --ns {args.ns}"
+    sources = ", ".join(f"`{args.stem}-{n}.md`" for n in ns)
+    table = markdown_table(["N", "method", "Rel-AG", "Gen-AG", "Loc-AG", "Rel-TF", "Gen-TF", "Loc-TF", "Score",
+                            "edit s", "RSS MB"], rows)
+    text = (f"# Scaling with the number of edits: {data_name}\n\nCommand: `{command}` (aggregates {sources}; each "
+            f"names its own `meg bench` command).\n\nAll edits of each N in one batch, the reference model.\n\n{table}")
+
+    def draw_scores(axes) -> None:
+        for method, points in series.items():
+            axes.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=method)
+        axes.set_xscale("log")
+        axes.set_xlabel("edits in one batch (N)")
+        axes.set_ylabel("Score")
+        axes.set_ylim(0, 100)
+        axes.legend(fontsize=7, ncol=3)
+
+    write_results(args.results, f"scaling-{data_name}", {"command": command, "rows": rows}, text, draw_scores)
+
+    cost_rows, costs = [], {}
+    for n in ns:
+        meg = next((r for r in benches[n]["results"] if r["method"] == "meg"), None)
+        if meg is None:
+            continue
+        stages = meg["stats"]["log"].get("stage_seconds", {})
+        for stage in STAGES:
+            costs.setdefault(stage, []).append((n, float(stages.get(stage, 0.0))))
+        costs.setdefault("evaluation", []).append((n, float(meg["eval_seconds"])))
+        cost_rows.append([n, *[stages.get(s, 0.0) for s in STAGES], meg["edit_seconds"], meg["eval_seconds"],
+                          meg["peak_rss_mb"]])
+    exponents = {stage: power_law([p[0] for p in pts], [p[1] for p in pts]) for stage, pts in costs.items()}
+    cost_table = markdown_table(["N", *[f"{s} s" for s in STAGES], "fit s (edit)", "evaluation s", "peak RSS MB"],
+                                cost_rows)
+    fitted = ", ".join(f"{s} {e:.2f}" for s, e in exponents.items() if e is not None)
+    cost_text = (f"# Cost of the meg fit against N: {data_name}\n\nCommand: `{command}`.\n\nWall seconds per stage of "
+                 f"a cold `meg` fit (fresh work directory per N, the shipped encoder and verifier: encoder = loading "
+                 f"them), evaluation seconds, and the peak resident memory while fitting. Fitted exponents b of "
+                 f"seconds ~ N^b: {fitted}.\n\n{cost_table}")
+
+    def draw_costs(axes) -> None:
+        for stage, pts in costs.items():
+            exponent = exponents.get(stage)
+            label = f"{stage} (b = {exponent:.2f})" if exponent is not None else stage
+            axes.plot([p[0] for p in pts], [max(p[1], 1e-2) for p in pts], marker="o", label=label)
+        axes.set_xscale("log")
+        axes.set_yscale("log")
+        axes.set_xlabel("edits (N)")
+        axes.set_ylabel("wall seconds")
+        axes.legend(fontsize=7)
+
+    write_results(args.results, f"cost-{data_name}", {"command": command, "rows": cost_rows, "exponents": exponents},
+                  cost_text, draw_costs)
+    print(text)
+    print(cost_text)
+
+
+if __name__ == "__main__":
+    main()
