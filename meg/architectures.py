@@ -17,6 +17,7 @@ To support a new architecture, add a row to `ARCHITECTURES` (or pass `extra_arch
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Literal
 
@@ -113,7 +114,10 @@ def default_layer(spec: ArchSpec, n_layers: int) -> int:
 
 
 def check_layer(layer: int, n_layers: int) -> int:
-    """Validate an explicit layer index (negative indices count from the end, as in Python)."""
-    if not -n_layers <= layer < n_layers:
+    """Validate an explicit layer index: an integer in 0..n_layers-1 (a negative index is refused, not counted
+    from the end: `-1` is far more often a mistake than a wish for the last block)."""
+    if isinstance(layer, bool) or not isinstance(layer, numbers.Integral):
+        raise InputError(f"layer must be an integer in 0..{n_layers - 1}, got {layer!r}")
+    if not 0 <= layer < n_layers:
         raise InputError(f"layer {layer} is out of range for a model with {n_layers} layers (valid: 0..{n_layers - 1})")
-    return layer % n_layers
+    return int(layer)

@@ -21,6 +21,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from meg import files, lifelong
 from meg.collection import CollectionResult, collect_weights, preset_for
 from meg.config import MegConfig
 from meg.diffusion.generator import GeneratorConfig, WeightGenerator
-from meg.diffusion.train import trained_generator
+from meg.diffusion.train import criterion_reached, holds, trained_generator
 from meg.encoder import QueryEncoder, tuned_encoder
 from meg.errors import InputError, PackError
 from meg.models import fingerprint, same_model
@@ -187,6 +188,7 @@ class MegEditor:
                                          work, progress)
         generator, generator_log = self._generator(config, requests, collection, edit_emb, unrelated_emb, encoder,
                                                    work, progress)
+        config, generator = _weight_source(config, generator, generator_log, int(collection.success.sum()))
         return EditPack(
             config=config, base_model=self.model_name, base_fingerprint=fingerprint(self.model), neuron=spec,
             template=self.template, requests=requests, ids=list(range(len(requests))), collection=collection,
@@ -362,3 +364,21 @@ class MegEditor:
                 vectors.append(collection.vectors[[i for i, _ in rows]])
                 edits += [i for i, _ in rows]
         return torch.cat(conds), torch.cat(vectors), torch.tensor(edits, dtype=torch.long)
+
+
+def _weight_source(config: MegConfig, generator, training: dict | None, collected: int):
+    """`weights="auto"` resolved after training: the generator when it reproduces the collected vectors
+    (meg.diffusion.train.holds), else the collected vectors themselves; the pack's config records which."""
+    if config.weights == "retrieved" or holds(training or {}, config.generator):
+        return (replace(config, weights="generated") if config.weights == "auto" else config), generator
+    if config.weights == "generated":
+        log.warning("the generator does not reproduce the %d collected vectors (criterion %.3f after %d steps, "
+                    "threshold %.3f): edits may not take; raise GeneratorConfig.max_steps or the preset, or use "
+                    "weights='auto' or 'retrieved'", collected, criterion_reached(training, config.generator),
+                    training["steps"], config.generator.stop_threshold)
+        return config, generator
+    log.warning("weights='auto': the generator does not reproduce the %d collected vectors (criterion %.3f after %d "
+                "steps, threshold %.3f), so the pack answers with the collected vectors (weights='retrieved')",
+                collected, criterion_reached(training, config.generator), training["steps"],
+                config.generator.stop_threshold)
+    return replace(config, weights="retrieved"), None

@@ -64,6 +64,7 @@ TUNED_ENCODER = "encoder-{key}.safetensors"  # a tuned encoder layer in a work d
 TRAINED_VERIFIER = "verifier-{key}.safetensors"  # the routing verifier's trained layers, keyed by inputs
 GATE_TRAINING = "gate-training-{key}.safetensors"  # the familiarity gate's training state (resumable), keyed by inputs
 TRAINED_GENERATOR = "generator-{key}"  # a finished generator (a directory as in a pack), keyed by inputs
+GENERATOR_LOG = "training_log.json"  # beside a finished generator: its training log (was the criterion met?)
 GENERATOR_TRAINING = "generator-training-{key}.safetensors"  # an unfinished generator's training state, keyed by inputs
 
 
@@ -279,6 +280,18 @@ def check_creatable(path: str | Path) -> Path:
     _check_ancestors(path)
     if (path.exists() or path.is_symlink()) and not path.is_dir():
         raise InputError(f"{path} is a file; give a directory")
+    return path
+
+
+def check_run_dir(path: str | Path) -> Path:
+    """Refuse, before any work, a run directory (`meg run/eval/bench/demo --out`) that is a file, lies under one, or
+    is a directory of something else: a run reads, writes and (with overwrite) deletes its files (records.jsonl,
+    report.json, ...) there, so only a run directory (holding run_config.json) or an empty one is ever used."""
+    path = check_creatable(path)
+    if path.is_dir() and not (path / RUN_CONFIG).is_file() and any(p.name != WORK_LOCK for p in path.iterdir()):
+        raise InputError(f"{path} is a directory that is not a run directory (no {RUN_CONFIG}); a run writes and "
+                         "deletes its files there, so only a run directory or an empty one is used (choose another "
+                         "path)")
     return path
 
 

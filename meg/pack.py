@@ -284,6 +284,9 @@ def _assemble(path: Path, meta: dict[str, Any], numbered_by_line: bool = False) 
     collection = CollectionResult(vectors["vectors"], vectors["success"], vectors["loss"], vectors["steps"], predictions)
     embeddings = vectors["edit_embeddings"]
     _check_shapes(path, neuron, requests, collection, embeddings)
+    if config.weights == "auto":
+        raise PackError(f"{path / files.PACK_CONFIG}: weights must be the source the fit used (generated or retrieved), "
+                        "got 'auto'")
     generator = None
     if config.weights == "generated":
         state = _tensors(path, files.PACK_GENERATOR)

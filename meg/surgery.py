@@ -222,7 +222,7 @@ def _arch(model: nn.Module, extra_architectures: dict[str, ArchSpec] | None) -> 
 
 
 def decoder_block(model: nn.Module, layer: int, extra_architectures: dict[str, ArchSpec] | None = None) -> nn.Module:
-    """Decoder block `layer` (negative indices count from the end)."""
+    """Decoder block `layer` (0-indexed)."""
     blocks = _blocks(model, _arch(model, extra_architectures))
     return blocks[check_layer(layer, len(blocks))]
 

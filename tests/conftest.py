@@ -152,6 +152,7 @@ def tiny_config(**overrides):
         # scoring, because the default verifier would be trained on them (~14 CPU minutes).
         retrieval=RetrievalConfig(subject_threshold=0.5, verifier=None),
         generator=replace(CONFIGS["small-gpt2"], sampling_steps=4),  # 1,500 steps: 1,000 sat on a knife edge
+        weights="generated",  # the generator's path, whether or not the tiny generator meets its criterion
     )
     return MegConfig(**{**base, **overrides})
 

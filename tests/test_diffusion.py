@@ -169,6 +169,16 @@ def test_training_stops_at_the_criterion():
     assert TrainingLog.from_dict(json.loads(json.dumps(log.to_dict()))) == log
 
 
+def test_a_generator_holds_its_vectors_when_its_criterion_is_near_the_threshold():
+    from meg.diffusion.train import HOLDS_FACTOR, holds
+
+    config = _tiny(stop_metric="relative_l2", stop_threshold=0.2)
+    ran_out = lambda reached: {"stop_reason": "max_steps", "steps": 9, "evals": [{"relative_criterion": reached}]}  # noqa: E731
+    assert holds({"stop_reason": "criterion", "evals": [{"relative_criterion": 0.1}]}, config)
+    assert holds(ran_out(0.2 * HOLDS_FACTOR), config) and not holds(ran_out(0.2 * HOLDS_FACTOR + 1e-6), config)
+    assert holds({}, config)  # nothing measured (a generator cached before logs were kept): trusted
+
+
 def test_cosine_schedule_warms_up_then_decays_to_zero():
     config = _tiny(lr_schedule="cosine", warmup_steps=10, max_steps=110)
     factors = [lr_factor(config, step) for step in range(111)]
@@ -238,7 +248,7 @@ def test_trained_generator_drops_its_training_state_once_finished(tmp_path):
     (stored,) = [p.name for p in tmp_path.iterdir()]  # the finished generator only, no training state
     assert log["steps"] == 20 and stored.startswith("generator-") and "training" not in stored
     _, again = trained_generator(config, vectors, conds, None, tmp_path, progress=False)
-    assert again == {"resumed_from": stored}
+    assert again["resumed_from"] == stored and again["steps"] == 20  # with its training log, kept beside it
 
 
 # --- (f) save -> load ---

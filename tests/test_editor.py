@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -207,3 +209,19 @@ def test_a_batch_larger_than_the_route_cache_is_answered(edited, monkeypatch):
     edited.describe(prompts[:1])  # cached first, so the oldest entry when the next batch arrives
     assert routes(edited.describe(prompts)) == expected and len(edited._cache) == 2
     assert edited.neuron_weights(prompts).shape[0] == 6
+
+
+def test_auto_weights_fall_back_to_the_collected_vectors_when_the_generator_does_not_hold(caplog):
+    from meg.editor import _weight_source
+
+    config = tiny_config(weights="auto")
+    held = {"stop_reason": "criterion", "steps": 500, "evals": [{"relative_criterion": 0.1}]}
+    failed = {"stop_reason": "max_steps", "steps": 1500, "evals": [{"relative_criterion": 1.1}]}
+    sentinel = object()
+    assert _weight_source(config, sentinel, held, 10) == (replace(config, weights="generated"), sentinel)
+    with caplog.at_level("WARNING", logger="meg"):
+        assert _weight_source(config, sentinel, failed, 10) == (replace(config, weights="retrieved"), None)
+        assert "does not reproduce the 10 collected vectors" in caplog.text
+        generated = replace(config, weights="generated")
+        assert _weight_source(generated, sentinel, failed, 10) == (generated, sentinel)  # kept, with a warning
+    assert caplog.text.count("does not reproduce") == 2

@@ -20,12 +20,13 @@ pytestmark = [
 
 
 def test_full_demo_meets_its_recorded_quality(tmp_path, monkeypatch):
-    """`meg demo` as users run it (256 edits); measured 2026-11-26: Rel-AG 99.2, Gen-AG 41.8, Loc-AG 100."""
+    """`meg demo` as users run it (256 edits, empty cache); measured 2026-12-01 (500 generator steps, one thread):
+    Rel-AG 99.2, Gen-AG 89.5, Loc-AG 99.2, Score 95.9, 5:00 wall, 1.9 GB peak RSS (docs/LOG.md)."""
     monkeypatch.setenv("MEG_CACHE_DIR", str(tmp_path / "cache"))
     result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "demo")])
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "demo" / "report.json").read_text())["metrics"]
-    assert metrics["rel_ag"] >= 95.0 and metrics["gen_ag"] >= 35.0 and metrics["loc_ag"] >= 98.0
+    assert metrics["rel_ag"] >= 97.0 and metrics["gen_ag"] >= 85.0 and metrics["loc_ag"] >= 97.0
 
 
 def test_default_router_separates_paraphrases_from_neighbours(tmp_path):

@@ -156,11 +156,12 @@ def test_layer_out_of_range(layer):
         neuron_spec(model, layer=layer)
 
 
-def test_default_and_negative_layers():
+def test_default_layer_and_negative_layers_refused():
     model = build_model("gpt2", n_layer=6)
     assert num_layers(model) == 6
     assert neuron_spec(model).layer == 2  # floor(6 / 3)
-    assert neuron_spec(model, layer=-1).layer == 5
+    with pytest.raises(InputError, match=r"layer -1 is out of range .*valid: 0\.\.5"):
+        neuron_spec(model, layer=-1)  # not counted from the end: a negative layer is a mistake named at once
 
 
 @pytest.mark.parametrize(

@@ -72,6 +72,8 @@ class BenchConfig:
 
     def __post_init__(self) -> None:
         """The methods and their configs, checked before any model is loaded."""
+        if isinstance(self.methods, str) or not isinstance(self.methods, tuple | list):
+            raise InputError(f"methods must be a list of method names, got {self.methods!r}")
         if not self.methods:
             raise InputError(f"give at least one method; choose from {', '.join(METHODS)}")
         repeated = sorted({m for m in self.methods if self.methods.count(m) > 1})

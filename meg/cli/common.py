@@ -137,6 +137,72 @@ def check_model_device(model: str, device: str) -> None:
     check_model_name(model)
 
 
+def model_config(model: str) -> Any:
+    """The model's config, read without its weights, for checks before the model loads; None when it cannot be
+    read here (loading the model then says why)."""
+    from transformers import AutoConfig
+
+    from meg.models import resolve_model_id
+
+    try:
+        return AutoConfig.from_pretrained(resolve_model_id(model))
+    except Exception:  # noqa: BLE001 (transformers raises many types; the model load reports the problem)
+        return None
+
+
+def check_layers(model: str, layers: list[int | None], option: str) -> None:
+    """Every layer of an option is one of the model's (read from its config), before the model loads."""
+    from meg.architectures import check_layer
+
+    count = getattr(model_config(model), "num_hidden_layers", None)
+    for layer in layers:
+        if layer is not None and isinstance(count, int):
+            try:
+                check_layer(layer, count)
+            except InputError as err:
+                raise InputError(f"{option}: {err}") from None
+
+
+def check_prompts_fit(model: str, texts: list[str], names: list[str], max_new_tokens: int,
+                      targets: list[str] | None = None, hint: str = "shorten the prompt or lower --max-new-tokens") -> None:
+    """Refuse before the model loads a templated prompt with no room for `max_new_tokens` in the model's context
+    (and, with `targets`, an edit whose prompt + target is longer than it), read from the model's config and
+    tokenizer alone; nothing is checked when they cannot be read here."""
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    from meg.models import resolve_model_id
+    from meg.prompts import encode_answers
+    from meg.surgery import context_length
+
+    config = model_config(model)
+    limit = context_length(SimpleNamespace(config=config)) if config is not None else None
+    if limit is None or not texts:
+        return
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model_id(model))
+    except Exception:  # noqa: BLE001 (as in model_config)
+        return
+    for name, text, ids in zip(names, texts, tokenizer(texts)["input_ids"]):
+        if len(ids) + max_new_tokens > limit:
+            raise InputError(f"{name} ({text[:50]!r}) is {len(ids)} tokens; with {max_new_tokens} generated tokens it "
+                             f"exceeds the model's context of {limit} tokens ({hint})")
+    if targets is not None:
+        encode_answers(tokenizer, texts, targets, max_length=limit, names=names)
+
+
+def check_edits_fit(model: str, requests: list, template: Any, source: Path | None) -> None:
+    """`check_prompts_fit` for edits: each templated prompt, the tokens generated to check the edit
+    (meg.decoding.MAX_NEW_TOKENS), and prompt + target fit the model's context."""
+    from meg.decoding import MAX_NEW_TOKENS
+
+    where = source.name if source is not None else "edit"
+    check_prompts_fit(model, [template.format(r.prompt) for r in requests],
+                      [f"{where} record {i}" for i in range(len(requests))], MAX_NEW_TOKENS,
+                      [r.target for r in requests], hint="shorten the prompt")
+
+
 def split_names(text: str | None, option: str, allow_empty: bool = False) -> list[str]:
     """'a, b,c' -> ['a', 'b', 'c']; an empty list is refused unless `allow_empty`."""
     names = [x.strip() for x in (text or "").split(",") if x.strip()]

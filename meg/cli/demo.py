@@ -22,7 +22,7 @@ def demo_config(quick: bool = False):
     from meg.config import MegConfig
     from meg.diffusion.generator import CONFIGS
 
-    generator = replace(CONFIGS["small-gpt2"], max_steps=300 if quick else 1000, eval_every=150 if quick else 500)
+    generator = replace(CONFIGS["small-gpt2"], max_steps=300 if quick else 500, eval_every=150 if quick else 250)
     return MegConfig(generator=generator)
 
 

@@ -11,7 +11,8 @@ import typer
 
 from meg.cli.common import (
     DeviceOption, SkipInvalidOption, TrustModelsOption,
-    check_count, check_file, check_model_device, check_out, friendly_errors, read_config, trusted_models,
+    check_count, check_edits_fit, check_file, check_layers, check_model_device, check_out, friendly_errors, read_config,
+    trusted_models,
 )
 
 EditsOption = Annotated[Path | None, typer.Option("--edits", "-e", help="JSONL edits (prompt, target, optional "
@@ -85,28 +86,46 @@ def command(
     if pack is None:
         settings = read_config(config, layer=layer, router=router)
         dataset = load_dataset(edits, template=template, skip_invalid=skip_invalid)
-        lm, tokenizer = load_causal_lm(model or "reference", device=device)
-        editor = MegEditor(lm, tokenizer, settings, dataset.template, model_name=model or "reference")
-        fitted = editor.fit(dataset.requests, pairs, queries, work_dir)
+        check_layers(model or "reference", [settings.layer], "--layer" if layer is not None else "--config layer")
+        check_edits_fit(model or "reference", dataset.requests, dataset.template, edits)
+        with _holding(work_dir):  # a second process on --work-dir is refused (or waits) before the model loads
+            lm, tokenizer = load_causal_lm(model or "reference", device=device)
+            editor = MegEditor(lm, tokenizer, settings, dataset.template, model_name=model or "reference")
+            fitted = editor.fit(dataset.requests, pairs, queries, work_dir)
         fitted.save(out, overwrite=overwrite)
         typer.echo(pack_summary(fitted, out))
         return
-    from meg.lifelong import read_removals
+    from meg.lifelong import plan_add, plan_remove, read_removals
     from meg.pack import EditPack
 
     before = EditPack.load(pack, trust_models=trusted_models(trust_pack_models))
-    # the change is read before the model is loaded, so a bad file costs nothing
+    # the change is read and planned before the model is loaded, so a bad file or an unknown edit costs nothing
     removals = read_removals(remove) if remove is not None else None
     requests = load_dataset(add or replace, skip_invalid=skip_invalid).requests if removals is None else None
-    lm, tokenizer = load_causal_lm(model or before.base_model, device=device)
-    editor = MegEditor(lm, tokenizer, before.config, before.template, model_name=before.base_model)
-    options = {"pseudo_pairs": pairs, "unrelated": queries, "work_dir": work_dir}
     if removals is not None:
-        after = editor.remove(before, removals, **options)
+        plan_remove(before.requests, before.ids, before.next_id, removals)
     else:
-        after = (editor.add if add is not None else editor.replace)(before, requests, **options)
+        plan_add(before.requests, before.ids, before.next_id, requests, "add" if add is not None else "replace")
+        check_edits_fit(model or before.base_model, requests, before.template, add or replace)
+    with _holding(work_dir):
+        lm, tokenizer = load_causal_lm(model or before.base_model, device=device)
+        editor = MegEditor(lm, tokenizer, before.config, before.template, model_name=before.base_model)
+        options = {"pseudo_pairs": pairs, "unrelated": queries, "work_dir": work_dir}
+        if removals is not None:
+            after = editor.remove(before, removals, **options)
+        else:
+            after = (editor.add if add is not None else editor.replace)(before, requests, **options)
     after.save(out, overwrite=overwrite)
     typer.echo(operation_summary(after, out))
+
+
+def _holding(work_dir: Path | None):
+    """The --work-dir lock for the whole command (the editor's own lock on it is re-entrant)."""
+    from contextlib import nullcontext
+
+    from meg.files import work_lock
+
+    return work_lock(work_dir) if work_dir is not None else nullcontext()
 
 
 def _check_mode(edits: Path | None, pack: Path | None, changes: list[str], fit_only: dict[str, object]) -> None:

@@ -10,7 +10,7 @@ import typer
 
 from meg.cli.common import (
     DeviceOption, ModelOption, TrustModelsOption,
-    check_count, check_file, check_model_device, friendly_errors, trusted_models,
+    check_count, check_file, check_model_device, check_prompts_fit, friendly_errors, trusted_models,
 )
 
 
@@ -44,6 +44,8 @@ def command(
         raise InputError("give at least one --prompt or a --prompts-file with a query per line")
     check_model_device(model, device)
     loaded = EditPack.load(pack, trust_models=trusted_models(trust_pack_models))  # checked before the model loads
+    check_prompts_fit(model, [loaded.template.format(p) for p in prompts], [f"prompt {i}" for i in range(len(prompts))],
+                      max_new_tokens)
     lm, tokenizer = load_causal_lm(model, device=device)
     edited = EditedModel(lm, tokenizer, loaded)
     outputs, details = edited.generate(prompts, max_new_tokens), edited.describe(prompts)

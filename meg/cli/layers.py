@@ -9,7 +9,7 @@ import typer
 
 from meg.cli.common import (
     DataOption, DeviceOption, ModelOption, NOption,
-    check_model_device, check_out, command_line, friendly_errors, load_data, parse_ints,
+    check_layers, check_model_device, check_out, command_line, friendly_errors, load_data, parse_ints,
 )
 
 
@@ -36,6 +36,7 @@ def command(
     check_out(out, "--out")
     check_model_device(model, device)
     dataset = load_data(data, n)
+    check_layers(model, chosen or [], "--layers")
     lm, tokenizer = load_causal_lm(model, device=device)
     for layer in chosen or ():
         neuron_spec(lm, layer)  # every layer in range, before the first one is swept

@@ -18,6 +18,7 @@ The best evaluated weights are kept and returned (the paper keeps its top 3).
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -33,6 +34,8 @@ from meg import __version__, files
 from meg.diffusion.generator import GeneratorConfig, WeightGenerator
 from meg.errors import InputError
 from meg.training_state import load_training_state, save_training_state
+
+logger = logging.getLogger("meg")
 
 ZERO_FRACTION = 0.5  # +DA: share of (unrelated query, zero vector) pairs in each batch (research code: 0.5)
 EVAL_SIZE = 64  # training vectors in the fixed subset the stop criterion is measured on
@@ -401,6 +404,26 @@ def _focus_rows(focus: torch.Tensor, n: int) -> torch.Tensor:
     return rows
 
 
+# A generator "holds" its vectors when its last evaluation is within this factor of the stop threshold. Measured
+# on the reference model (docs/LOG.md, 2026-12-01): relative L2 0.08-0.29 gave Rel-AG 99-100 (256-1,024
+# vectors), 0.78 gave 84.7 (an under-trained 1,024) and 1.10 gave 16.5 (10,000 vectors on the tiny preset).
+HOLDS_FACTOR = 2.0
+
+
+def criterion_reached(log: dict[str, Any], config: GeneratorConfig) -> float | None:
+    """The stop criterion at the last evaluation of a training log (None when it was never evaluated)."""
+    evals = log.get("evals") or []
+    key = "relative_criterion" if config.stop_metric == "relative_l2" else "criterion"
+    return evals[-1][key] if evals else None
+
+
+def holds(log: dict[str, Any], config: GeneratorConfig) -> bool:
+    """Whether the trained generator reproduces its vectors (see HOLDS_FACTOR); True when nothing was measured."""
+    reached = criterion_reached(log, config)
+    return log.get("stop_reason") != "max_steps" or reached is None or config.stop_threshold <= 0 or \
+        reached <= HOLDS_FACTOR * config.stop_threshold
+
+
 def trained_generator(config: GeneratorConfig, vectors: torch.Tensor, conds: torch.Tensor,
                       zero_conds: torch.Tensor | None, work: Path | None, progress: bool = True,
                       init: WeightGenerator | None = None, focus: torch.Tensor | None = None,
@@ -414,11 +437,13 @@ def trained_generator(config: GeneratorConfig, vectors: torch.Tensor, conds: tor
     key = files.digest(config.to_dict(), vectors, conds, zero_conds if zero_conds is not None else 0, *extra)
     cached = work / files.TRAINED_GENERATOR.format(key=key) if work else None
     if cached and (cached / files.PACK_GENERATOR).is_file():
-        return WeightGenerator.load(cached, device=vectors.device), {"resumed_from": cached.name}
+        saved = files.read_json(cached / files.GENERATOR_LOG) if (cached / files.GENERATOR_LOG).is_file() else {}
+        return WeightGenerator.load(cached, device=vectors.device), {**saved, "resumed_from": cached.name}
     checkpoint = work / files.GENERATOR_TRAINING.format(key=key) if work else None
     generator, log = train_generator(vectors, conds, config, zero_conds=zero_conds, progress=progress,
                                      checkpoint=checkpoint, init=init, focus=focus)
     if cached:
         generator.save(cached)
+        log.save(cached / files.GENERATOR_LOG)  # so a reuse knows whether the generator holds its vectors
         checkpoint.unlink(missing_ok=True)  # the finished generator replaces its (several times larger) state
     return generator, log.to_dict()

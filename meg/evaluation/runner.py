@@ -151,7 +151,7 @@ def check_run(config: RunConfig, run_dir: Path, overwrite: bool, template: str |
     """Everything about a run that can be checked before the model is loaded: the data (`read_dataset`), the run
     directory (creatable, and not holding a run with other settings unless `overwrite`)."""
     dataset = read_dataset(config, template)
-    files.check_creatable(run_dir)
+    files.check_run_dir(run_dir)  # a user's own directory is never written into, nor its files deleted
     path = run_dir / files.RUN_CONFIG
     if path.is_file() and not overwrite and files.read_user_json(path) != frozen(config):
         raise InputError(f"{run_dir} holds a run with other settings; pass --overwrite or choose another --out")

@@ -23,6 +23,8 @@ routed 2.97% vs 3.07%: the same trade-off, so the option was dropped and the shi
 
 from __future__ import annotations
 
+import contextlib
+
 import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -137,6 +139,18 @@ def _layer_of(name: str) -> str:
     return name.split(".layer.")[1].split(".")[0]
 
 
+@contextlib.contextmanager
+def _quiet_transformers():
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
 class SubjectVerifier:
     """score(edit_prompts, queries) -> probability that each query asks the fact of its edit prompt."""
 
@@ -155,7 +169,8 @@ class SubjectVerifier:
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
             torch.manual_seed(config.seed)  # the new head's initialisation
-            self.model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1).to(self.device)
+            with _quiet_transformers():  # the classifier head is new by design: no "MISSING ... train it" report
+                self.model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1).to(self.device)
         except OSError as err:
             raise InputError(f"verifier model {config.model!r} could not be loaded: {str(err).splitlines()[0]}") from err
         self.model.eval().requires_grad_(False)
