@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from meg.errors import InputError
 
@@ -35,6 +36,22 @@ def reference_model_path(name: str = REFERENCE_MODEL) -> Path:
 def resolve_model_id(model: str) -> str:
     """'reference' / 'reference-2' -> the trained checkpoint; anything else is passed to from_pretrained unchanged."""
     return str(reference_model_path(model)) if model in REFERENCE_MODELS else model
+
+
+def context_and_tokenizer(model: str) -> tuple[int | None, Any]:
+    """(the longest sequence the model accepts, its tokenizer), read from the model's config and tokenizer files
+    alone, without its weights, for checks before it loads; (None, None) when they cannot be read here (loading
+    the model then says why)."""
+    try:
+        config = AutoConfig.from_pretrained(resolve_model_id(model))
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model_id(model))
+    except Exception:  # noqa: BLE001 (transformers raises many types; the model load reports the problem)
+        return None, None
+    for name in ("n_positions", "max_position_embeddings", "n_ctx", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value, tokenizer
+    return None, tokenizer
 
 
 def load_causal_lm(

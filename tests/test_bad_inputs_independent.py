@@ -342,8 +342,10 @@ def _cases() -> dict[str, Case]:
     add("edit-busy-work-dir", F, f"{edit} {{w}}/ok.jsonl --work-dir {{w}}/busy-work", "in use by process 4242")
     add("lifelong-busy-work-dir", F, f"{lifelong} --add {{w}}/ok.jsonl --work-dir {{w}}/busy-work",
         "in use by process 4242")
-    add("run-busy-out", F, "run --model {model} --out {w}/busy-run", "in use by process 4242")
-    add("bench-busy-work-dir", F, "bench --model {model} --methods unedited --out {w}/b2 --work-dir {w}/busy-work",
+    # data that fits the tiny model's 64-token context (the demo's paraphrases do not: checked before the lock)
+    add("run-busy-out", F, "run --model {model} --data {w}/ok.jsonl --n 1 --out {w}/busy-run", "in use by process 4242")
+    add("bench-busy-work-dir", F, "bench --model {model} --data {w}/ok.jsonl --n 1 --methods unedited --out {w}/b2 "
+        "--work-dir {w}/busy-work",
         "in use by process 4242")
     return cases
 

@@ -126,3 +126,17 @@ def test_bench_compares_methods_and_resumes(workspace, tmp_path):
     assert again.exit_code == 0, again.output
     assert json.loads((tmp_path / "results" / "tiny.json").read_text())["results"] == bench["results"]
     assert not (tmp_path / "bench" / "ft" / "records.jsonl").exists()
+
+
+def test_records_longer_than_the_context_are_refused_before_the_model_loads(workspace, tmp_path):
+    """KnowEdit's WikiData counterfact holds a 111-token prompt; the reference model reads 128 with 20 generated."""
+    from meg.evaluation.runner import RunConfig, check_run
+
+    data = tmp_path / "long.jsonl"
+    rows = [{"prompt": FACTS[0][0], "target": NEW_TARGETS[0]}, {"prompt": "word " * 60 + "is", "target": "Paris"}]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = invoke("run", "--model", workspace / "model", "--data", data, "--n", "1", "--out", tmp_path / "r")
+    assert result.exit_code == 2 and "record 1: prompt" in result.stderr and "context of 64" in result.stderr
+    kept = check_run(RunConfig(model=str(workspace / "model"), data=str(data), n=1, skip_invalid=True),
+                     tmp_path / "r2", overwrite=False)
+    assert [r.prompt for r in kept.requests] == [FACTS[0][0]]

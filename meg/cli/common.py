@@ -168,21 +168,11 @@ def check_prompts_fit(model: str, texts: list[str], names: list[str], max_new_to
     """Refuse before the model loads a templated prompt with no room for `max_new_tokens` in the model's context
     (and, with `targets`, an edit whose prompt + target is longer than it), read from the model's config and
     tokenizer alone; nothing is checked when they cannot be read here."""
-    from types import SimpleNamespace
-
-    from transformers import AutoTokenizer
-
-    from meg.models import resolve_model_id
+    from meg.models import context_and_tokenizer
     from meg.prompts import encode_answers
-    from meg.surgery import context_length
 
-    config = model_config(model)
-    limit = context_length(SimpleNamespace(config=config)) if config is not None else None
+    limit, tokenizer = context_and_tokenizer(model)
     if limit is None or not texts:
-        return
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(resolve_model_id(model))
-    except Exception:  # noqa: BLE001 (as in model_config)
         return
     for name, text, ids in zip(names, texts, tokenizer(texts)["input_ids"]):
         if len(ids) + max_new_tokens > limit:

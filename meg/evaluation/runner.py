@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
@@ -27,8 +28,11 @@ from meg.evaluation.metrics import ag_pass
 from meg.evaluation.report import build_report, write_report
 from meg.methods import EditContext, check_config, get_method
 from meg.methods.unedited import PlainLM
-from meg.models import fingerprint, load_causal_lm
+from meg.models import context_and_tokenizer, fingerprint, load_causal_lm
+from meg.prompts import join_answer
 from meg.requests import load_pseudo_pairs, load_queries
+
+log = logging.getLogger("meg")
 
 
 @dataclass(frozen=True)
@@ -141,10 +145,48 @@ def read_dataset(config: RunConfig, template: str | None = None) -> Dataset:
     template = template or config.template
     dataset = (load_dataset(config.data, template=template, skip_invalid=config.skip_invalid) if config.data
                else _demo(template))
+    _check_n(dataset, config)
+    return dataset
+
+
+def _check_n(dataset: Dataset, config: RunConfig) -> None:
     usable = [r for r in dataset.requests if r.ground_truth] if config.zsre_target == "true" else dataset.requests
     if config.n is not None and config.n > len(usable):
         raise InputError(f"--n {config.n} is more than the {len(usable)} usable records of {dataset.name}")
-    return dataset
+
+
+def _fitting(dataset: Dataset, config: RunConfig) -> Dataset:
+    """The records whose queries fit the model's context with the tokens generated for them (and whose prompt +
+    target fits, for collection), checked from the model's config and tokenizer before it loads: a record that
+    does not is an error naming it, or is dropped with one warning under `skip_invalid` (KnowEdit's WikiData
+    counterfact holds 111-token prompts; the reference model reads 128)."""
+    limit, tokenizer = context_and_tokenizer(config.model)
+    if limit is None or not dataset.requests:
+        return dataset
+    keep, dropped = [], []
+    for i, request in enumerate(dataset.requests):
+        problem = _too_long(request, dataset.template, tokenizer, limit, config.max_new_tokens)
+        if problem and not config.skip_invalid:
+            raise InputError(f"{dataset.path} record {i}: {problem} (--skip-invalid drops such records)")
+        (dropped if problem else keep).append(request if not problem else i)
+    if dropped:
+        log.warning("%d records of %s do not fit the model's context of %d tokens and were skipped (first: record %d)",
+                    len(dropped), dataset.name, limit, dropped[0])
+    return replace(dataset, requests=keep)
+
+
+def _too_long(request, template, tokenizer, limit: int, max_new_tokens: int) -> str | None:
+    """Why a record's evaluated queries or its edit do not fit `limit` tokens (None when they do)."""
+    for field, text in (("prompt", request.prompt), ("paraphrases", (request.paraphrases or ("",))[0]),
+                        ("unrelated", (request.unrelated or ("",))[0])):
+        length = len(tokenizer(template.format(text))["input_ids"]) if text else 0
+        if length + max_new_tokens > limit:
+            return (f"{field} {text[:40]!r} is {length} tokens; with {max_new_tokens} generated tokens it exceeds the "
+                    f"model's context of {limit}")
+    edit = len(tokenizer(join_answer(template.format(request.prompt), request.target))["input_ids"])
+    if edit > limit:
+        return f"prompt + target is {edit} tokens, more than the model's context of {limit}"
+    return None
 
 
 def check_run(config: RunConfig, run_dir: Path, overwrite: bool, template: str | None = None) -> Dataset:
@@ -155,6 +197,8 @@ def check_run(config: RunConfig, run_dir: Path, overwrite: bool, template: str |
     path = run_dir / files.RUN_CONFIG
     if path.is_file() and not overwrite and files.read_user_json(path) != frozen(config):
         raise InputError(f"{run_dir} holds a run with other settings; pass --overwrite or choose another --out")
+    dataset = _fitting(dataset, config)  # last: it reads the model's tokenizer
+    _check_n(dataset, config)
     return dataset
 
 
