@@ -470,13 +470,20 @@ def _owner(handle) -> str:
     return handle.read().strip() or "another process"
 
 
-def _acquire(handle, directory: Path, timeout: float | None) -> None:
+def _try_lock(handle) -> bool:
+    """Take the exclusive lock without waiting; False when another process holds it."""
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return
+        return True
     except OSError as err:
         if err.errno not in (errno.EAGAIN, errno.EACCES):
             raise
+        return False
+
+
+def _acquire(handle, directory: Path, timeout: float | None) -> None:
+    if _try_lock(handle):
+        return
     owner = _owner(handle)
     if timeout == 0:
         raise InputError(f"{directory} is in use by {owner}; wait for it to finish or use another work directory")
@@ -484,12 +491,8 @@ def _acquire(handle, directory: Path, timeout: float | None) -> None:
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         time.sleep(0.2)
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if _try_lock(handle):
             return
-        except OSError as err:
-            if err.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
         if deadline is not None and time.monotonic() > deadline:
             raise InputError(f"{directory} is still in use by {owner} after {timeout:g} s; wait for it to finish or "
                              "use another work directory")

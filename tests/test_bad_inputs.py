@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import shutil
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,13 +20,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from bad_input_cases import FIXTURES, MODEL, Case, check_one_line_error, refuse_models
 from meg import files
 from meg.cli.main import app
 from meg.errors import InputError, MegError, PackError
 from meg.pack import EditPack
 
-FIXTURES = Path(__file__).parent / "fixtures" / "format1"
-MODEL = FIXTURES / "model"  # a tiny GPT-2 (64 positions) the fixture packs were fitted on
 runner = CliRunner()
 
 GOOD = {"prompt": "The capital of France is", "target": "Paris", "subject": "France",
@@ -122,31 +120,7 @@ def w(tmp_path_factory) -> Path:
 
 @pytest.fixture()
 def no_model(monkeypatch):
-    """Loading a model or fitting is an internal error here (exit 1), so a case passing proves it failed first."""
-    import meg.editor
-    import meg.evaluation.runner
-    import meg.models
-
-    def refuse(*args, **kwargs):
-        raise RuntimeError("a model was loaded before the input was checked")
-
-    for module in (meg.models, meg.evaluation.runner):
-        monkeypatch.setattr(module, "load_causal_lm", refuse)
-    monkeypatch.setattr(meg.editor.MegEditor, "fit", refuse)
-
-
-@dataclass
-class Case:
-    """One CLI case: arguments (`{w}` is the workspace), what the message must name, its class."""
-
-    kind: str
-    args: list[str]
-    culprit: str
-    before_model: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def argv(self, w: Path) -> list[str]:
-        return [a.replace("{w}", str(w)).replace("{model}", str(MODEL)) for a in self.args]
+    refuse_models(monkeypatch)
 
 
 def _cases() -> dict[str, Case]:
@@ -357,13 +331,7 @@ CASES = _cases()
 
 
 def _check_one_line_error(result, culprit: str, code: int = 2) -> str:
-    output = result.output
-    assert "Traceback" not in output, output
-    assert result.exit_code == code, f"exit {result.exit_code}: {output}"
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, output
-    assert culprit in errors[0] or culprit in result.stderr, output
-    return errors[0]
+    return check_one_line_error(result, culprit, code, anywhere=True)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

@@ -14,20 +14,18 @@ import fcntl
 import json
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
+from bad_input_cases import FIXTURES, MODEL, Case, check_one_line_error, refuse_models
 from meg import files
 from meg.cli.main import app
 from meg.errors import InputError, MegError, PackError
 from meg.pack import EditPack
 
-FIXTURES = Path(__file__).parent / "fixtures" / "format1"
-MODEL = FIXTURES / "model"  # a tiny GPT-2 with 64 positions
 runner = CliRunner()
 
 LONG = "The capital of France is " * 20  # about 120 tokens: longer than the model's 64 positions
@@ -134,18 +132,7 @@ def w(tmp_path_factory) -> Path:
 
 @pytest.fixture()
 def no_model(monkeypatch):
-    """Loading a model or fitting is an internal error here (exit 1), so a passing case failed before."""
-    import meg.editor
-    import meg.evaluation.runner
-    import meg.models
-
-    def refuse(*args, **kwargs):
-        raise RuntimeError("a model was loaded before the input was checked")
-
-    for module in (meg.models, meg.evaluation.runner):
-        monkeypatch.setattr(module, "load_causal_lm", refuse)
-    for name in ("fit", "add", "remove", "replace"):
-        monkeypatch.setattr(meg.editor.MegEditor, name, refuse)
+    refuse_models(monkeypatch)
 
 
 @pytest.fixture()
@@ -162,17 +149,6 @@ def busy(w):
     yield
     for handle in handles:
         handle.close()
-
-
-@dataclass
-class Case:
-    kind: str
-    args: list[str]
-    culprit: str
-    before_model: bool = True
-
-    def argv(self, w: Path) -> list[str]:
-        return [a.replace("{w}", str(w)).replace("{model}", str(MODEL)) for a in self.args]
 
 
 A, B, C, D, E, F = ("a: escaped exception", "b: silent acceptance", "c: fail-late", "d: pack trusted too much",
@@ -353,22 +329,12 @@ def _cases() -> dict[str, Case]:
 CASES = _cases()
 
 
-def _check_one_line_error(result, culprit: str, code: int = 2) -> str:
-    output = result.output
-    assert "Traceback" not in output, output
-    assert result.exit_code == code, f"exit {result.exit_code}: {output}"
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, output
-    assert culprit in errors[0], output
-    return errors[0]
-
-
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_cli_case(name, w, no_model, busy, monkeypatch):
     case = CASES[name]
     monkeypatch.setenv("MEG_LOCK_TIMEOUT", "0")
     result = runner.invoke(app, case.argv(w))
-    _check_one_line_error(result, case.culprit)
+    check_one_line_error(result, case.culprit)
     assert not (w / "new-pack").exists(), "nothing may be written"
 
 

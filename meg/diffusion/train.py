@@ -132,13 +132,17 @@ def _batches(data: _Data, config: GeneratorConfig, generator: torch.Generator):
     while True:
         order = torch.randperm(n, generator=generator, device="cpu").to(device)  # (N,)
         for start in range(0, n - per_batch + 1, per_batch):  # full batches only: every step has the same size
-            idx = order[start : start + per_batch]
-            x0, cond = data.vectors[idx], data.conds[idx]  # (b, D), (b, C)
-            if n_zero:
-                zi = torch.randint(0, data.zero_conds.shape[0], (n_zero,), generator=generator).to(device)
-                x0 = torch.cat([x0, x0.new_zeros(n_zero, x0.shape[1])])  # (b + z, D)
-                cond = torch.cat([cond, data.zero_conds[zi]])  # (b + z, C)
-            yield x0, cond
+            yield _pairs(data, order[start : start + per_batch], n_zero, generator)
+
+
+def _pairs(data: _Data, idx: torch.Tensor, n_zero: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(vectors, conditions) of rows `idx`, plus `n_zero` (zero vector, random unrelated query) pairs (+DA)."""
+    x0, cond = data.vectors[idx], data.conds[idx]  # (b, D), (b, C)
+    if n_zero:
+        zi = torch.randint(0, data.zero_conds.shape[0], (n_zero,), generator=generator).to(idx.device)
+        x0 = torch.cat([x0, x0.new_zeros(n_zero, x0.shape[1])])  # (b + z, D)
+        cond = torch.cat([cond, data.zero_conds[zi]])  # (b + z, C)
+    return x0, cond
 
 
 def _chunks(rows: torch.Tensor, size: int, generator: torch.Generator):
@@ -159,13 +163,7 @@ def _focused_batches(data: _Data, config: GeneratorConfig, generator: torch.Gene
     n_rest = min(len(rest), per_batch - n_focus)
     streams = [_chunks(focus, n_focus, generator)] + ([_chunks(rest, n_rest, generator)] if n_rest else [])
     while True:
-        idx = torch.cat([next(s) for s in streams]).to(device)
-        x0, cond = data.vectors[idx], data.conds[idx]  # (b, D), (b, C)
-        if n_zero:
-            zi = torch.randint(0, data.zero_conds.shape[0], (n_zero,), generator=generator).to(device)
-            x0 = torch.cat([x0, x0.new_zeros(n_zero, x0.shape[1])])  # (b + z, D)
-            cond = torch.cat([cond, data.zero_conds[zi]])  # (b + z, C)
-        yield x0, cond
+        yield _pairs(data, torch.cat([next(s) for s in streams]).to(device), n_zero, generator)
 
 
 def evaluate(
