@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from meg.errors import InputError, UnsupportedModelError
 
@@ -111,6 +111,15 @@ def resolve(model_type: str, extra_architectures: dict[str, ArchSpec] | None = N
 def default_layer(spec: ArchSpec, n_layers: int) -> int:
     """The layer used when none is given: floor(layer_fraction * n_layers), 0-indexed."""
     return min(n_layers - 1, int(spec.layer_fraction * n_layers))
+
+
+def context_length_of(config: Any) -> int | None:
+    """The longest sequence a model with this Hugging Face config accepts, when the config says (None = unknown)."""
+    for name in ("n_positions", "max_position_embeddings", "n_ctx", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 def check_layer(layer: int, n_layers: int) -> int:

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from meg.architectures import context_length_of
 from meg.errors import InputError
 
 REFERENCE_MODEL = "reference"  # the name that selects the model shipped in meg/assets/reference-model
@@ -47,11 +48,7 @@ def context_and_tokenizer(model: str) -> tuple[int | None, Any]:
         tokenizer = AutoTokenizer.from_pretrained(resolve_model_id(model))
     except Exception:  # noqa: BLE001 (transformers raises many types; the model load reports the problem)
         return None, None
-    for name in ("n_positions", "max_position_embeddings", "n_ctx", "seq_length"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value, tokenizer
-    return None, tokenizer
+    return context_length_of(config), tokenizer
 
 
 def load_causal_lm(

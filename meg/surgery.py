@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from meg.architectures import ArchSpec, NeuronForm, check_layer, default_layer, resolve
+from meg.architectures import ArchSpec, NeuronForm, check_layer, context_length_of, default_layer, resolve
 from meg.errors import InputError, UnsupportedModelError
 
 
@@ -193,12 +193,7 @@ def frozen_eval(model: nn.Module) -> Iterator[None]:
 
 def context_length(model: nn.Module) -> int | None:
     """The longest sequence the model accepts, when its config says (None = unknown)."""
-    config = _config(model)
-    for name in ("n_positions", "max_position_embeddings", "n_ctx", "seq_length"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
+    return context_length_of(_config(model))
 
 
 def logits_at(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
