@@ -17,6 +17,11 @@ setting does not fit a model, the departure is a named option with its reason he
   matched) or "query" (paper: the query's own embedding). Measured on 1,024 counterfact-val edits
   (docs/results/generator-fidelity.md): the same generator answers 91-92% of paraphrases from the matched
   edit's embedding but only 33-35% from the paraphrase's own; the router already finds the right edit.
+- `vectors_per`: "edit" (ours) or "query" (paper). Conditioned on the matched edit, a query's vector depends on the
+  query only through its starting noise; seeding that noise by the edit makes the vector a function of the edit,
+  sampled once per edit and then looked up (docs/results/inference-cost.md: sampling was ~20% of a routed query's
+  time on the reference model, and a paper-sized DiT costs several base decodes per query at d >= 1024). Packs
+  saved before this setting existed load with "query", the behaviour they were made with.
 - `router`: "retrieval" (ours, subject-verified nearest edit) by default; "paper-gate" is the paper's
   familiarity network. The encoder's defaults (EncoderConfig) are ours too. Both are the best measured routing
   (docs/results/routing-*.md, docs/LOG.md).
@@ -40,6 +45,7 @@ from meg.settings import Rules, Settings, setting
 
 WeightSource = Literal["generated", "retrieved", "auto"]
 Condition = Literal["query", "matched-edit"]
+VectorsPer = Literal["edit", "query"]
 
 
 def _named(value: Any, kind: type, presets: dict[str, Any]) -> Any:
@@ -71,6 +77,9 @@ class MegConfig(Settings):
     weights: WeightSource = setting("auto", "generated (paper), retrieved (the matched edit's collected vector), or "
                                     "auto: generated when the generator reproduces the collected vectors, else retrieved")
     condition: Condition = setting("matched-edit", "the generator's condition: matched-edit (ours) or query (paper)")
+    vectors_per: VectorsPer = setting("edit", "edit (ours): with condition matched-edit, each edit's vector is sampled "
+                                      "once, from noise seeded by the edit, and reused; query (paper): every query "
+                                      "draws its own noise")
     data_augmentation: bool = setting(False, "the paper's +DA: unrelated queries -> zero vector in generator training")
     seed: int = setting(0, "seed of the pack's sampling noise")
 
@@ -88,7 +97,7 @@ class MegConfig(Settings):
         """The paper's configuration: familiarity gate, InfoNCE with in-batch negatives at temperature 1.0, the
         generator conditioned on the query's own embedding."""
         return cls(**{"router": "paper-gate", "encoder": EncoderConfig.paper(), "condition": "query",
-                      "weights": "generated", **overrides})
+                      "weights": "generated", "vectors_per": "query", **overrides})
 
     def router_config(self) -> GateConfig | RetrievalConfig:
         """The settings of the router this config selects."""

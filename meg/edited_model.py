@@ -5,8 +5,10 @@ the diffusion model (or, with `weights="retrieved"`, take the matched edit's col
 neuron per row -> decode. Unrouted rows carry the zero neuron, an exact no-op. The base model is never
 modified; `disabled()` turns every row into the zero neuron (peft's `disable_adapter` idea).
 
-A query's vector depends only on the query: its starting noise is seeded from the pack seed and the query text,
-so a prompt gets the same weights whatever batch it is in, and vectors are cached per prompt.
+A query's vector depends only on the query: its starting noise is seeded from the pack seed and the query text
+(or, with `vectors_per="edit"`, the matched edit's id, so that each edit's vector is sampled once), so a prompt
+gets the same weights whatever batch it is in (to float rounding: a batched matrix product is not bit-stable across
+batch sizes; the same queries in the same order give bit-identical answers), and routes and vectors are cached.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class EditedModel:
         self.steps = sampling_steps  # None: the generator's own `sampling_steps`
         self._enabled = True
         self._cache: OrderedDict[str, tuple[dict[str, Any], torch.Tensor]] = OrderedDict()
+        self._edit_cache: dict[int, torch.Tensor] = {}  # edit index -> generated vector (vectors_per="edit")
 
     # --- routing and weights ---
 
@@ -59,41 +62,72 @@ class EditedModel:
         embeddings = self.encoder.encode(list(prompts))  # (B, C)
         return self.router.route(list(prompts), embeddings)
 
-    def _noise(self, prompts: Sequence[str]) -> torch.Tensor:
-        """Starting noise (B, D): row i seeded by the pack seed and prompt i's text."""
+    def _noise(self, keys: Sequence[int]) -> torch.Tensor:
+        """Starting noise (B, D): row i seeded by the pack seed and key i (a prompt's CRC or an edit's id)."""
         rows = []
-        for prompt in prompts:
-            seed = (self.pack.config.seed * 1_000_003 + zlib.crc32(prompt.encode())) % (2**63)
+        for key in keys:
+            seed = (self.pack.config.seed * 1_000_003 + key) % (2**63)
             gen = torch.Generator().manual_seed(seed)
             rows.append(torch.randn(self.pack.neuron.dim, generator=gen))
         return torch.stack(rows).to(self.device)
 
-    def _vectors(self, prompts: list[str], routes: Routes, embeddings: torch.Tensor | None) -> torch.Tensor:
-        """Neuron vectors for routed rows (R, D)."""
+    def _per_edit(self) -> bool:
+        config = self.pack.config
+        return config.weights == "generated" and config.condition == "matched-edit" and config.vectors_per == "edit"
+
+    def _vectors(self, prompts: list[str], routes: Routes, table: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Neuron vectors for routed rows (R, D); `table` holds the query embeddings routing computed."""
         edits = routes.edit.clamp_min(0).cpu()
         if self.pack.config.weights == "retrieved":
             return self.pack.collection.vectors[edits].to(self.device)
+        if self._per_edit():
+            return self._edit_vectors(edits)
         if self.pack.config.condition == "matched-edit":
             cond = self.pack.edit_embeddings[edits]
         else:
-            cond = embeddings if embeddings is not None else self.encoder.encode(prompts)
-        return self.generator.sample(cond.to(self.device), steps=self.steps, noise=self._noise(prompts))
+            missing = [p for p in prompts if p not in table]
+            table = {**table, **dict(zip(missing, self.encoder.encode(missing)))} if missing else table
+            cond = torch.stack([table[p] for p in prompts])
+        keys = [zlib.crc32(p.encode()) for p in prompts]
+        return self.generator.sample(cond.to(self.device), steps=self.steps, noise=self._noise(keys))
+
+    def _edit_vectors(self, edits: torch.Tensor) -> torch.Tensor:
+        """(R, D) generated vectors of these edits (`vectors_per="edit"`): each sampled once, from the matched
+        edit's embedding and noise seeded by its stable id, then looked up."""
+        todo = sorted({int(e) for e in edits} - set(self._edit_cache))
+        for start in range(0, len(todo), self.batch_size):
+            chunk = todo[start : start + self.batch_size]
+            noise = self._noise([self.pack.ids[e] for e in chunk])
+            cond = self.pack.edit_embeddings[chunk].to(self.device)
+            sampled = self.generator.sample(cond, steps=self.steps, noise=noise).cpu()
+            self._edit_cache.update(zip(chunk, sampled))
+        if not len(edits):
+            return torch.zeros(0, self.pack.neuron.dim)
+        return torch.stack([self._edit_cache[int(e)] for e in edits])
+
+    def precompute(self, edits: Sequence[int] | None = None) -> None:
+        """Sample the vectors of these edits (indices; default all) now, with `vectors_per="edit"`, so that no
+        query about them waits for sampling (a server at start)."""
+        if self._per_edit():
+            chosen = torch.arange(len(self.pack)) if edits is None else torch.as_tensor(list(edits), dtype=torch.long)
+            self._edit_vectors(chosen)
 
     def _plan(self, prompts: list[str]) -> list[tuple[dict[str, Any], torch.Tensor]]:
         """(route description, vector) per prompt: cached ones reused, the rest routed and computed together.
 
-        The answer is built before the least recently used entries are dropped, so a batch larger than the cache,
-        or one mixing old and new prompts, never asks for an entry it just evicted.
+        Routing encodes only what it needs (RetrievalRouter.route_texts). The answer is built before the least
+        recently used entries are dropped, so a batch larger than the cache, or one mixing old and new prompts,
+        never asks for an entry it just evicted.
         """
         unique = list(dict.fromkeys(prompts))
         missing = [p for p in unique if p not in self._cache]
         if missing:
-            embeddings = self.encoder.encode(missing)  # (M, C)
-            routes = self.router.route(missing, embeddings)
+            whole = self.pack.config.weights == "generated" and self.pack.config.condition == "query"
+            routes, table = self.router.route_texts(missing, self.encoder.encode, whole)
             vectors = torch.zeros(len(missing), self.pack.neuron.dim)
             rows = routes.routed.nonzero().flatten()
             if len(rows):
-                vectors[rows] = self._vectors([missing[i] for i in rows], routes.select(rows), embeddings[rows]).cpu()
+                vectors[rows] = self._vectors([missing[i] for i in rows], routes.select(rows), table).cpu()
             for i, prompt in enumerate(missing):
                 self._cache[prompt] = (self._describe_row(routes, i), vectors[i])
         for prompt in unique:
@@ -115,12 +149,16 @@ class EditedModel:
             return torch.zeros(len(prompts), self.pack.neuron.dim)
         return torch.stack([vector for _, vector in self._plan(prompts)])
 
-    def clear_cache(self) -> None:
-        """Forget cached routes and vectors (they are recomputed identically on demand)."""
+    def clear_cache(self, edit_vectors: bool = True) -> None:
+        """Forget cached routes and vectors (they are recomputed on demand); with `edit_vectors=False` keep the
+        per-edit generated vectors (`vectors_per="edit"`), which no query changes."""
         self._cache.clear()
+        if edit_vectors:
+            self._edit_cache.clear()
 
     def describe(self, prompts: Sequence[str]) -> list[dict[str, Any]]:
-        """Per row: routed, matched edit index, and the router's score (the gate's entropy)."""
+        """Per row: routed, matched edit index, and the router's score (the gate's entropy; the retrieval router's
+        blended similarity, or the bound that decided the row when the verifier was not needed)."""
         prompts = list(prompts)
         return [dict(row) for row, _ in self._plan(prompts)]
 

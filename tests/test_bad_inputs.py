@@ -217,7 +217,7 @@ def _cases() -> dict[str, Case]:
                       "run": "run --out {w}/run-x", "eval": "eval --pack {w}/pack --out {w}/eval-x",
                       "bench": "bench --out {w}/bench-x --methods unedited", "generate": "generate --pack {w}/pack "
                       "--prompt hello", "layers": "layers", "bench-collect": "bench-collect", "demo": "demo --out "
-                      "{w}/demo-x"}
+                      "{w}/demo-x", "bench-infer": "bench-infer --pack {w}/pack --data {w}/good.jsonl"}
     for verb, command in model_commands.items():
         add(f"{verb}-model-empty-dir", "not a model", f"{command} --model {{w}}/empty-dir", "no config.json")
         add(f"{verb}-model-junk-dir", "not a model", f"{command} --model {{w}}/not-a-model", "no config.json")
@@ -240,6 +240,15 @@ def _cases() -> dict[str, Case]:
     for verb, command in (("run", "run --model {model} --out {w}/run-x"), ("layers", "layers --model {model}"),
                           ("bench-collect", "bench-collect --model {model}")):
         add(f"{verb}-n-too-many", "--n above the records", f"{command} --n 100000", "--n 100000 is more than")
+    infer = "bench-infer --model {model} --pack {w}/pack --data {w}/good.jsonl"
+    for option, value, culprit in (("--caches", "hot", "--caches must be one of cold, precomputed, warm"),
+                                   ("--stand-ins", "gpt5-shape", "--stand-ins must be one of"),
+                                   ("--methods", "memit", "--methods must be one of meg, knn"),
+                                   ("--batches", "0,16", "--batches"), ("--max-new-tokens", "0", "--max-new-tokens"),
+                                   ("--prompts-per-batch", "-2", "--prompts-per-batch"), ("--name", "../x", "--name")):
+        add(f"bench-infer{option}-{value}", "numbers and choices checked at once", f"{infer} {option} {value}", culprit)
+    add("bench-infer-pack-missing", "missing pack", "bench-infer --model {model} --pack {w}/no-pack --data "
+        "{w}/good.jsonl", "no-pack")
     add("edit-layer-negative", "negative layer", f"{edit} {{w}}/good.jsonl --layer -1", "--layer must be >= 0")
     add("bench-collect-layer-negative", "negative layer", "bench-collect --model {model} --layer -2",
         "--layer must be >= 0")

@@ -225,3 +225,92 @@ def test_auto_weights_fall_back_to_the_collected_vectors_when_the_generator_does
         generated = replace(config, weights="generated")
         assert _weight_source(generated, sentinel, failed, 10) == (generated, sentinel)  # kept, with a warning
     assert caplog.text.count("does not reproduce") == 2
+
+
+# --- inference cost (issue 19) ---
+
+
+def _counting(monkeypatch, owner, name):
+    """Replace owner.name with a wrapper recording each call's first argument."""
+    calls, original = [], getattr(owner, name)
+
+    def wrapper(*args, **kwargs):
+        calls.append(list(args[0]) if args else None)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, wrapper)
+    return calls
+
+
+def test_a_query_naming_no_edited_subject_costs_no_encoder_pass(pack, fact_gpt2, tokenizer, monkeypatch):
+    edited = EditedModel(fact_gpt2, tokenizer, pack)
+    assert len(edited.router.free_edits) == 0  # every edit has a subject: nothing reachable without one
+    unnamed = [q for q in ASKED if not edited.router.index.named_in([q])[0]]
+    assert len(unnamed) >= 10
+    encodes = _counting(monkeypatch, edited.encoder, "encode")
+    router_encodes = _counting(monkeypatch, edited.router, "encode")
+    assert not any(d["routed"] for d in edited.describe(unnamed))
+    assert encodes == [] and router_encodes == []
+
+
+def test_a_routed_query_is_encoded_in_one_pass_and_routes_as_before(pack, fact_gpt2, tokenizer, monkeypatch):
+    edited = EditedModel(fact_gpt2, tokenizer, pack)
+    queries = [r.paraphrases[0] for r in REQUESTS] + ASKED[:8]
+    before = edited.router.route(queries, edited.encoder.encode(queries))  # the whole-query API, for comparison
+    encodes = _counting(monkeypatch, edited.encoder, "encode")
+    routes, table = edited.router.route_texts(queries, edited.encoder.encode)
+    assert len(encodes) == 1  # focused and subject-masked texts together
+    assert torch.equal(routes.routed, before.routed) and torch.equal(routes.edit, before.edit)
+    torch.testing.assert_close(routes.score, before.score, atol=1e-5, rtol=0)
+    assert set(table) == set(encodes[0])
+
+
+def test_vectors_per_edit_samples_each_edit_once(pack, fact_gpt2, tokenizer, monkeypatch):
+    edited = EditedModel(fact_gpt2, tokenizer, pack)
+    assert pack.config.vectors_per == "edit" and pack.config.condition == "matched-edit"
+    samples = _counting(monkeypatch, edited.generator, "sample")
+    prompts = [REQUESTS[0].prompt, REQUESTS[0].paraphrases[0], REQUESTS[1].prompt]
+    weights = edited.neuron_weights(prompts)
+    assert [d["edit"] for d in edited.describe(prompts)] == [0, 0, 1]
+    assert torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], weights[2])
+    edited.neuron_weights([REQUESTS[1].paraphrases[0]])  # a new prompt of an edit already sampled: a lookup
+    assert len(samples) == 1 and samples[0] is not None
+    edited.clear_cache()
+    edited.precompute()
+    assert len(edited._edit_cache) == len(pack)
+    # sampled in another batch: equal to float rounding (batched matrix products are not bit-stable across sizes)
+    torch.testing.assert_close(edited.neuron_weights(prompts), weights, atol=1e-5, rtol=1e-5)
+
+
+def test_vectors_per_query_draws_each_prompt_its_own_noise(pack, fact_gpt2, tokenizer):
+    per_query = replace(pack, config=replace(pack.config, vectors_per="query"))
+    edited = EditedModel(fact_gpt2, tokenizer, per_query)
+    weights = edited.neuron_weights([REQUESTS[0].prompt, REQUESTS[0].paraphrases[0]])
+    assert not torch.equal(weights[0], weights[1])  # same edit, same condition, other noise
+    assert torch.equal(edited.neuron_weights([REQUESTS[0].paraphrases[0]])[0], weights[1])
+
+
+def test_inference_bench_times_every_cell_and_charges_each_second_once(edited, tmp_path):
+    from meg.benchmarks import inference
+
+    streams = inference.query_streams([r.paraphrases[0] for r in REQUESTS], ASKED, 4)
+    assert [len(s) for s in streams.values()] == [4, 4, 4]
+    models = {"meg": edited, "knn": EditedModel(edited.model, edited.tokenizer, inference.knn_pack(edited.pack))}
+    cells = inference.measure("tiny", models, streams, [1, 2], ["cold", "warm"], lambda b: 2 * b, 3, log=lambda _: None)
+    assert len(cells) == 2 * 3 * 2 * 2
+    for cell in cells:
+        assert cell.base_seconds > 0 and cell.edited_seconds > 0
+        assert sum(cell.profile.values()) == pytest.approx(cell.edited_seconds, rel=1e-6)
+        assert all(v >= 0 for v in cell.profile.values())
+        assert cell.routed == (1.0 if cell.stream == "paraphrases" else 0.5 if cell.stream == "mix" else 0.0)
+    cold_para = next(c for c in cells if (c.method, c.stream, c.cache, c.batch) == ("meg", "paraphrases", "cold", 2))
+    assert cold_para.profile["sampling"] > 0 and cold_para.profile["decode"] > 0 and cold_para.profile["encoder"] == 0
+    assert cold_para.profile["router extras"] > 0  # the router's one pass
+    paths = inference.write_inference(tmp_path, "infer", cells, {"command": "test", "description": "tiny"})
+    assert {p.suffix for p in paths.values()} == {".json", ".md", ".png"}
+
+
+def test_precomputing_no_edits_is_a_no_op(pack, fact_gpt2, tokenizer):
+    edited = EditedModel(fact_gpt2, tokenizer, pack)
+    edited.precompute([])
+    assert edited._edit_cache == {}

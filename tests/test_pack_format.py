@@ -29,6 +29,16 @@ def _answers(model, tokenizer, pack: EditPack, prompts: list[str]):
     return edited.generate(prompts, max_new_tokens=4), edited.describe(prompts)
 
 
+def _same_routes(described: list[dict], expected: list[dict]) -> bool:
+    """Routes, edits and score names exactly; scores to float32 rounding: since 2026-12-01 routing encodes a
+    query's texts in one encoder pass (issue 19), so a text may sit in another padded batch than when the fixture
+    was written."""
+    def same(a, b):
+        return a == pytest.approx(b, abs=1e-6) if isinstance(b, float) else a == b
+
+    return all(d.keys() == e.keys() and all(same(d[k], e[k]) for k in e) for d, e in zip(described, expected, strict=True))
+
+
 @pytest.mark.parametrize("name", ["retrieval", "paper-gate"])
 def test_a_format_1_pack_loads_and_answers_exactly_as_when_it_was_written(fixture_model, name):
     model, tokenizer = fixture_model
@@ -36,7 +46,7 @@ def test_a_format_1_pack_loads_and_answers_exactly_as_when_it_was_written(fixtur
     expected = EXPECTED[name]
     generated, described = _answers(model, tokenizer, pack, expected["prompts"])
     assert generated == expected["generated"]
-    assert described == expected["describe"]
+    assert _same_routes(described, expected["describe"])
     # migrated: ids by line, one history entry, every setting once and resolved
     assert pack.ids == list(range(8)) and pack.next_id == 8
     assert [h["operation"] for h in pack.history] == ["fit"] and pack.history[0]["migrated_from_format"] == 1
@@ -57,7 +67,8 @@ def test_a_migrated_pack_saved_as_format_2_stores_each_setting_once_and_answers_
     again = EditPack.load(tmp_path / "v2")
     assert again.config == pack.config and again.ids == pack.ids and again.history == pack.history
     expected = EXPECTED[name]
-    assert _answers(model, tokenizer, again, expected["prompts"]) == (expected["generated"], expected["describe"])
+    generated, described = _answers(model, tokenizer, again, expected["prompts"])
+    assert generated == expected["generated"] and _same_routes(described, expected["describe"])
 
 
 def test_a_format_1_pack_with_a_setting_that_became_fixed_is_refused_by_name(tmp_path):

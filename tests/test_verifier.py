@@ -198,3 +198,45 @@ def test_a_verifier_trained_in_a_work_directory_is_stored_there_and_reused(tmp_p
     assert log == {} and len(list(tmp_path.glob("verifier-*.safetensors"))) == 1
     _, again = trained_verifier(config, PAIRS, NEGATIVES, work=tmp_path, progress=False)
     assert "resumed_from" in again and calls == [1]
+
+
+def test_the_verifier_reads_only_rows_whose_route_it_can_change(monkeypatch):
+    """Routing skips the verifier where the blended score's bounds (verdict ranked 0 or 1) already decide the row;
+    the routes are those of the full computation (issue 19)."""
+    import meg.routing.retrieval
+
+    gen = torch.Generator().manual_seed(1)
+    table: dict[str, torch.Tensor] = {}
+
+    def encode(texts):
+        for t in texts:
+            table.setdefault(t, torch.nn.functional.normalize(torch.randn(8, generator=gen), dim=0))
+        return torch.stack([table[t] for t in texts])
+
+    pairs = [PseudoPair(f"Where was P{i} born?", f"P{i} was born where{' then' * (i % 4)}?", f"P{i}")
+             for i in range(40)]
+    prompts = [f"Where was Q{i} born?" for i in range(30)]
+    data = RoutingData(prompts, encode(prompts), [f"Q{i}" for i in range(30)], [], torch.zeros(0, 8), pairs,
+                       encode=encode)
+    seen: list[int] = []
+
+    class Counting(GradedVerifier):
+        def score(self, edit_prompts, queries):
+            seen.append(len(queries))
+            return super().score(edit_prompts, queries)
+
+    monkeypatch.setattr(meg.routing.retrieval, "trained_verifier", lambda *args, **kwargs: (Counting(), {}))
+    config = RetrievalConfig(verifier=VerifierConfig(), verifier_weight=0.5, matched_calibration=False, masked_weight=0)
+    router = RetrievalRouter.fit(data, config)
+    router.thresholds["subject"] = 0.2  # low, as calibrated on real pairs (0.085 on CounterFact 1,024)
+    queries = [f"Q{i} was born where?" if i % 2 else f"Q{i} taught whom?" for i in range(30)]
+    embeddings = encode(queries)
+    seen.clear()
+    full = router.decide(router.scores(queries, embeddings), router.thresholds["subject"], router.thresholds["free"])
+    assert seen == [30]
+    seen.clear()
+    routes = router.route(queries, embeddings)
+    assert torch.equal(routes.routed, full.routed) and torch.equal(routes.edit, full.edit)
+    assert 0 < full.routed.sum() < 30 and sum(seen) < 30  # some rows were decided by their cosine alone
+    routes, _ = router.route_texts(queries, encode)
+    assert torch.equal(routes.routed, full.routed) and torch.equal(routes.edit, full.edit)

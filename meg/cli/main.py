@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from meg.cli import bench, bench_collect, cache, demo, edit, env, generate, layers, pack, route_bench, run
+from meg.cli import bench, bench_collect, bench_infer, cache, demo, edit, env, generate, layers, pack, route_bench, run
 from meg.cli import eval as eval_command
 
 app = typer.Typer(
@@ -25,6 +25,7 @@ COMMANDS = {
     "route-bench": route_bench,
     "layers": layers,
     "bench-collect": bench_collect,
+    "bench-infer": bench_infer,
     "env": env,
     "pack": pack,  # a group: `meg pack show`, `meg pack diff`, `meg pack verify`
     "cache": cache,  # a group: `meg cache ls`, `meg cache clear`

@@ -72,6 +72,12 @@ class Router(Protocol):
         """Route a batch: raw queries (B) and their unit-norm embeddings (B, C)."""
         ...
 
+    def route_texts(self, queries: Sequence[str], encode: Encode,
+                    whole: bool = False) -> tuple[Routes, dict[str, torch.Tensor]]:
+        """Route raw queries, encoding (with `encode`, in one pass) only the texts this router needs; every whole
+        query too when `whole`. -> (routes, the embeddings computed, by text). What EditedModel calls."""
+        ...
+
     def fitted(self) -> dict[str, Any]:
         """JSON-serialisable values the fit produced (thresholds, calibration, training log), not settings: the
         settings are the router's config, stored once in the pack's MegConfig."""

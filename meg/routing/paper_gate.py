@@ -17,7 +17,7 @@ from meg.gate import (
     choose_epsilon,
     trained_gate,
 )
-from meg.routing.base import Routes, RoutingData, nearest_edit
+from meg.routing.base import Encode, Routes, RoutingData, nearest_edit
 
 
 class PaperGateRouter:
@@ -62,6 +62,12 @@ class PaperGateRouter:
         entropy = self.gate.entropy(embeddings)  # (B,)
         _, edit = nearest_edit(embeddings, self.edit_embeddings)
         return Routes(entropy < self.calibration.epsilon, edit, entropy)
+
+    def route_texts(self, queries: Sequence[str], encode: Encode,
+                    whole: bool = False) -> tuple[Routes, dict[str, torch.Tensor]]:  # noqa: ARG002 (always whole)
+        """The gate reads every query's embedding: encode them all, route."""
+        embeddings = encode(list(queries))
+        return self.route(queries, embeddings), dict(zip(queries, embeddings))
 
     def curve(self, queries: Sequence[str], embeddings: torch.Tensor) -> list[tuple[float, Routes]]:
         """Routes at epsilon from 0 to ln(10) (log-spaced), for threshold curves."""

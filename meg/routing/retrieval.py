@@ -44,7 +44,7 @@ from typing import Any, ClassVar
 import torch
 
 from meg import files
-from meg.errors import InputError
+from meg.errors import InputError, PackError
 from meg.routing.base import Encode, Routes, RoutingData
 from meg.routing.subjects import SubjectIndex, focus, infer_subject, without_subject
 from meg.routing.verifier import SubjectVerifier, VerifierConfig, trained_verifier
@@ -133,6 +133,8 @@ def _reference(name: str, scores: torch.Tensor, weights: torch.Tensor) -> dict[s
 # handful of edits still count only pairs of their own style (tests/test_routing.py).
 MIN_MATCHED_PAIRS = 50
 
+MASKED_EDITS = "masked_edits"  # router state: (N, C) embeddings of the edit prompts with their subject masked
+
 _CLOSED = 1.0 + 1e-6  # above any cosine: a path that accepts nothing (finite, so JSON can store it)
 
 
@@ -174,27 +176,48 @@ class RetrievalRouter:
 
     # --- routing ---
 
-    def _subject_path(self, queries: Sequence[str], embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _pairs(self, queries: Sequence[str],
+               candidates: list[list[int]]) -> tuple[list[tuple[int, int]], list[str], list[str]]:
+        """(query row, candidate edit) pairs, each pair's focused query text and (with `masked_weight`) that text
+        with the candidate's subject masked: every text the subject path compares."""
+        pairs = [(r, c) for r, cands in enumerate(candidates) for c in cands]
+        texts = [focus(queries[r], self.subjects[c]) if self.config.focus else queries[r] for r, c in pairs]
+        masked = ([without_subject(t, self.subjects[c]) for t, (_, c) in zip(texts, pairs)]
+                  if self._masked_weight() > 0 else [])
+        return pairs, texts, masked
+
+    def _embed_into(self, table: dict[str, torch.Tensor], texts: Sequence[str], encode: Encode | None = None) -> None:
+        """Add to `table` the embeddings of the `texts` it lacks, encoded together in one encoder pass."""
+        encode = encode or self.encode
+        missing = sorted({t for t in texts if t not in table})
+        if missing and encode is not None:
+            table.update(zip(missing, encode(missing).to(self.edit_embeddings.dtype)))
+
+    def _subject_path(self, queries: Sequence[str], table: dict[str, torch.Tensor], candidates: list[list[int]],
+                      threshold: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Per query: best similarity among edits whose subject it names (-inf if none), and that edit.
 
         Each candidate is compared with the sentence naming ITS subject (a CounterFact paraphrase's leading
-        noise may name another edited subject), so one query may need several focused texts.
+        noise may name another edited subject), so one query may need several focused texts. `table` maps texts
+        to embeddings; the texts it lacks are encoded in one pass. With `threshold` (routing, not calibration)
+        the verifier reads only the rows whose route its verdict can change (`_undecided`).
         """
         best = torch.full((len(queries),), -math.inf)
         edit = torch.full((len(queries),), -1, dtype=torch.long)
-        candidates = self.index.named_in(queries)
-        pairs = [(r, c) for r, cands in enumerate(candidates) for c in cands]  # (query row, candidate edit)
+        pairs, texts, masked = self._pairs(queries, candidates)
         if not pairs:
             return best, edit
-        texts = [focus(queries[r], self.subjects[c]) if self.config.focus else queries[r] for r, c in pairs]
+        self._embed_into(table, texts + masked)
         rows = torch.tensor([r for r, _ in pairs])
         edits = torch.tensor([c for _, c in pairs])
-        sims = self._cosine(queries, texts, pairs, edits, embeddings)  # (P,)
+        sims = self._cosine(queries, texts, masked, pairs, edits, table)  # (P,)
         chosen: dict[int, str] = {}
         for p in sims.argsort().tolist():  # ascending: each row ends with its most similar candidate
             best[rows[p]], edit[rows[p]], chosen[int(rows[p])] = sims[p], edits[p], texts[p]
         if self.verifier is not None:  # the nearest candidate stands; the verifier decides whether to route
-            named = sorted(chosen)
+            named = sorted(chosen) if threshold is None else self._undecided(sorted(chosen), best, threshold)
+            if not named:
+                return best, edit
             prompts = [self.prompts[int(edit[r])] for r in named]
             verdict = self.verifier.score(prompts, [chosen[r] for r in named])
             # A repeat of the edit prompt is that edit: the verifier never saw identical pairs in training.
@@ -203,6 +226,21 @@ class RetrievalRouter:
             at = torch.tensor(named)
             best[at] = self._blend(best[at], verdict).to(best.dtype)
         return best, edit
+
+    def _undecided(self, rows: list[int], best: torch.Tensor, threshold: float) -> list[int]:
+        """The rows (of `best`, their cosines) whose route depends on the verifier: with `verifier_weight` < 1 the
+        blended score lies between its values at the lowest and the highest verdict, so a row whose lower bound
+        reaches the threshold is routed and one whose upper bound misses it is not, whatever the verifier says.
+        Those get the deciding bound as their score (exact decisions; the verifier is the costliest part of
+        routing, and at the calibrated point most paraphrases are decided by their cosine alone)."""
+        if not rows or self.config.verifier_weight >= 1 or not self.reference:
+            return rows
+        at = torch.tensor(rows)
+        low = self._blend(best[at], torch.zeros(len(rows))).to(best.dtype)
+        high = self._blend(best[at], torch.ones(len(rows))).to(best.dtype)
+        routed, dropped = low >= threshold, high < threshold
+        best[at[routed]], best[at[dropped]] = low[routed], high[dropped]
+        return [r for r, decided in zip(rows, (routed | dropped).tolist()) if not decided]
 
     def _blend(self, cosine: torch.Tensor, verdict: torch.Tensor) -> torch.Tensor:
         """The verifier's probability, or with `verifier_weight` < 1 the weighted mean of both scores' ranks."""
@@ -217,18 +255,14 @@ class RetrievalRouter:
         below = torch.searchsorted(ref, values.to(ref.dtype).contiguous(), right=True)
         return torch.where(below > 0, cdf[(below - 1).clamp_min(0)], torch.zeros_like(cdf[0]))
 
-    def _cosine(self, queries: Sequence[str], texts: list[str], pairs: list[tuple[int, int]], edits: torch.Tensor,
-                embeddings: torch.Tensor) -> torch.Tensor:
-        """(P,) cosine of each focused query text with its candidate edit prompt (blended with the masked one)."""
-        extra = sorted({t for t, (r, _) in zip(texts, pairs) if t != queries[r]})
-        embedded = dict(zip(extra, self.encode(extra).to(embeddings.dtype))) if extra and self.encode else {}
-        vectors = torch.stack([embedded.get(t, embeddings[r]) for t, (r, _) in zip(texts, pairs)])  # (P, C)
+    def _cosine(self, queries: Sequence[str], texts: list[str], masked: list[str], pairs: list[tuple[int, int]],
+                edits: torch.Tensor, table: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(P,) cosine of each focused query text with its candidate edit prompt (blended with the masked one).
+        Without an encoder a focused text falls back to its whole query's embedding."""
+        vectors = torch.stack([table.get(t, table.get(queries[r])) for t, (r, _) in zip(texts, pairs)])  # (P, C)
         sims = (vectors * self.edit_embeddings[edits]).sum(dim=1)  # (P,)
         weight = self._masked_weight()
         if weight > 0:
-            masked = [without_subject(t, self.subjects[c]) for t, (_, c) in zip(texts, pairs)]
-            unique = sorted(set(masked))
-            table = dict(zip(unique, self.encode(unique).to(embeddings.dtype)))
             masked_vectors = torch.stack([table[t] for t in masked])  # (P, C)
             masked_sims = (masked_vectors * self._masked_edit_embeddings()[edits]).sum(dim=1)  # (P,)
             sims = (1 - weight) * sims + weight * masked_sims
@@ -236,11 +270,16 @@ class RetrievalRouter:
 
     def scores(self, queries: Sequence[str], embeddings: torch.Tensor) -> dict[str, torch.Tensor]:
         """Both paths' best similarity and edit per query (thresholds are applied by `decide`)."""
-        embeddings = embeddings.to(self.edit_embeddings.dtype)
-        subject_sim, subject_edit = self._subject_path(queries, embeddings)
+        table = dict(zip(queries, embeddings.to(self.edit_embeddings.dtype)))
+        return self._scores(queries, table, self.index.named_in(queries))
+
+    def _scores(self, queries: Sequence[str], table: dict[str, torch.Tensor], candidates: list[list[int]],
+                threshold: float | None = None) -> dict[str, torch.Tensor]:
+        subject_sim, subject_edit = self._subject_path(queries, table, candidates, threshold)
         free_sim = torch.full((len(queries),), -math.inf)
         free_edit = torch.full((len(queries),), -1, dtype=torch.long)
         if len(self.free_edits):
+            embeddings = torch.stack([table[q] for q in queries])  # (B, C)
             sims = embeddings @ self.edit_embeddings[self.free_edits].T  # (B, F)
             free_sim, best = sims.max(dim=1)
             free_edit = self.free_edits[best]
@@ -255,7 +294,23 @@ class RetrievalRouter:
         return Routes(routed, edit, score.nan_to_num(neginf=-1.0))
 
     def route(self, queries: Sequence[str], embeddings: torch.Tensor) -> Routes:
-        return self.decide(self.scores(queries, embeddings), self.thresholds["subject"], self.thresholds["free"])
+        table = dict(zip(queries, embeddings.to(self.edit_embeddings.dtype)))
+        scores = self._scores(queries, table, self.index.named_in(queries), self.thresholds["subject"])
+        return self.decide(scores, self.thresholds["subject"], self.thresholds["free"])
+
+    def route_texts(self, queries: Sequence[str], encode: Encode,
+                    whole: bool = False) -> tuple[Routes, dict[str, torch.Tensor]]:
+        """Route raw queries encoding only what routing needs, in one encoder pass: the focused and masked texts
+        of queries that name an edited subject, and whole queries only for the free path (when some edit is
+        reachable by it) or when `whole`. A query that names no edited subject, with no free edits, costs a
+        subject-index lookup and nothing else. -> (routes, the embeddings computed, by text)."""
+        candidates = self.index.named_in(queries)
+        table: dict[str, torch.Tensor] = {}
+        needed = list(queries) if whole or len(self.free_edits) else []
+        _, texts, masked = self._pairs(queries, candidates)
+        self._embed_into(table, needed + texts + masked, encode)
+        scores = self._scores(queries, table, candidates, self.thresholds["subject"])
+        return self.decide(scores, self.thresholds["subject"], self.thresholds["free"]), table
 
     def curve(self, queries: Sequence[str], embeddings: torch.Tensor) -> list[tuple[float, Routes]]:
         """Routes with both thresholds shifted by an offset in [-0.5, 0.5] (0 = the calibrated point)."""
@@ -399,7 +454,11 @@ class RetrievalRouter:
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         # Edit embeddings, subjects and prompts are in the pack already; only the verifier's trained layers are not.
+        # The subject-masked edit prompts' embeddings are stored too: encoding them costs a pass over every edit
+        # (3.4 s for 1,024 edits on a CPU thread), which the first routed query would otherwise pay.
         state = {f"verifier.{k}": v for k, v in self.verifier.tuned_state().items()} if self.verifier else {}
+        if self._masked_weight() > 0:
+            state[MASKED_EDITS] = self._masked_edit_embeddings()
         return {**state, **{f"reference.{k}": v for k, v in self.reference.items()}}
 
     @classmethod
@@ -413,4 +472,10 @@ class RetrievalRouter:
         router = cls(config, edit_embeddings, [r.subject for r in requests], [r.prompt for r in requests],
                      dict(fitted["thresholds"]), fitted.get("calibration"), encode, verifier)
         router.reference = {k.removeprefix("reference."): v for k, v in state.items() if k.startswith("reference.")}
+        masked = state.get(MASKED_EDITS)  # absent in packs saved before 2026-12-01: encoded on first use
+        if masked is not None:
+            if tuple(masked.shape) != tuple(edit_embeddings.shape):
+                raise PackError(f"router state {MASKED_EDITS!r} has shape {tuple(masked.shape)}, expected "
+                                f"{tuple(edit_embeddings.shape)} (one embedding per edit)")
+            router._masked_edits = masked.to(edit_embeddings.dtype)
         return router
