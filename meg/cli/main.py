@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from meg.cli import bench, bench_collect, bench_infer, cache, demo, edit, env, generate, layers, pack, route_bench, run
+from meg.cli import serve, serve_bench
 from meg.cli import eval as eval_command
 
 app = typer.Typer(
@@ -27,6 +28,8 @@ COMMANDS = {
     "bench-collect": bench_collect,
     "bench-infer": bench_infer,
     "env": env,
+    "serve": serve,
+    "bench-serve": serve_bench,
     "pack": pack,  # a group: `meg pack show`, `meg pack diff`, `meg pack verify`
     "cache": cache,  # a group: `meg cache ls`, `meg cache clear`
 }
