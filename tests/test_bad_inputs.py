@@ -247,6 +247,8 @@ def _cases() -> dict[str, Case]:
                                    ("--batches", "0,16", "--batches"), ("--max-new-tokens", "0", "--max-new-tokens"),
                                    ("--prompts-per-batch", "-2", "--prompts-per-batch"), ("--name", "../x", "--name")):
         add(f"bench-infer{option}-{value}", "numbers and choices checked at once", f"{infer} {option} {value}", culprit)
+    add("bench-infer-nothing-to-time", "numbers and choices checked at once", f"{infer} --no-model-rows",
+        "--no-model-rows needs --stand-ins")
     add("bench-infer-pack-missing", "missing pack", "bench-infer --model {model} --pack {w}/no-pack --data "
         "{w}/good.jsonl", "no-pack")
     add("edit-layer-negative", "negative layer", f"{edit} {{w}}/good.jsonl --layer -1", "--layer must be >= 0")

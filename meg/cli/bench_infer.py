@@ -33,11 +33,14 @@ def command(
     out: Annotated[Path, typer.Option(help="results directory")] = Path("docs/results"),
     name: Annotated[str, typer.Option(help="results file stem")] = "inference-cost",
     seed: Annotated[int, typer.Option(help="seed of the prompt sample and the stand-ins' weights")] = 0,
+    own_model: Annotated[bool, typer.Option("--model-rows/--no-model-rows", help="time --model itself (off: only "
+                                            "the stand-ins, whose tokenizer is still --model's)")] = True,
     trust_pack_models: TrustModelsOption = None,
     device: DeviceOption = "cpu",
 ) -> None:
     """Time base and edited decoding alternately on three query streams; write JSON + markdown + PNG."""
     from meg.benchmarks import inference
+    from meg.errors import InputError
     from meg.models import load_causal_lm
     from meg.pack import EditPack
 
@@ -47,6 +50,8 @@ def command(
     kinds = [check_choice(m, ("meg", "knn"), "--methods") for m in split_names(methods, "--methods")]
     shapes = [] if stand_ins.strip() == "none" else [check_choice(s, tuple(inference.STAND_INS), "--stand-ins")
                                                      for s in split_names(stand_ins, "--stand-ins")]
+    if not own_model and not shapes:
+        raise InputError("--no-model-rows needs --stand-ins: there would be nothing to time")
     for value, option in ((prompts_per_batch, "--prompts-per-batch"), (max_prompts, "--max-prompts"),
                           (max_new_tokens, "--max-new-tokens")):
         check_count(value, option)
@@ -63,7 +68,7 @@ def command(
 
     lm, tokenizer = load_causal_lm(model, device=device)
     cells = inference.measure(model, inference.edited_models(lm, tokenizer, loaded, max(sizes), kinds), streams,
-                              sizes, cache_states, count, max_new_tokens, typer.echo)
+                              sizes, cache_states, count, max_new_tokens, typer.echo) if own_model else []
     for shape in shapes:
         stand_in = inference.stand_in_model(shape, seed).to(device)
         stand_pack = inference.stand_in_pack(loaded, stand_in, seed)
