@@ -84,9 +84,7 @@ class EditedModel:
             return self._edit_vectors(edits)
         if self.pack.config.condition == "matched-edit":
             cond = self.pack.edit_embeddings[edits]
-        else:
-            missing = [p for p in prompts if p not in table]
-            table = {**table, **dict(zip(missing, self.encoder.encode(missing)))} if missing else table
+        else:  # routing encoded every whole query (`whole` in `_plan`)
             cond = torch.stack([table[p] for p in prompts])
         keys = [zlib.crc32(p.encode()) for p in prompts]
         return self.generator.sample(cond.to(self.device), steps=self.steps, noise=self._noise(keys))

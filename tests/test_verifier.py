@@ -103,13 +103,14 @@ class GradedVerifier(FakeVerifier):
                              for e, q in zip(edit_prompts, queries)])
 
 
-def test_blended_score_is_the_mean_rank_of_verifier_and_cosine_among_held_out_pairs(monkeypatch):
-    """verifier_weight 0.5: each score becomes its rank (weighted CDF) among the held-out pairs and the two
-    ranks are averaged; the threshold keeps `paraphrase_recall` of the pairs on that scale; the lookup tables
-    travel in the router state."""
-    import meg.routing.retrieval
+# 40 held-out pairs whose paraphrases differ in length, for calibrations on a random encoder.
+BORN_PAIRS = [PseudoPair(f"Where was P{i} born?", f"P{i} was born where{' then' * (i % 4)}?", f"P{i}")
+              for i in range(40)]
 
-    gen = torch.Generator().manual_seed(0)
+
+def _random_encoder(seed: int):
+    """An `encode` giving each distinct text a fixed random unit vector (8-d), drawn in order of first use."""
+    gen = torch.Generator().manual_seed(seed)
     table: dict[str, torch.Tensor] = {}
 
     def encode(texts):
@@ -117,8 +118,16 @@ def test_blended_score_is_the_mean_rank_of_verifier_and_cosine_among_held_out_pa
             table.setdefault(t, torch.nn.functional.normalize(torch.randn(8, generator=gen), dim=0))
         return torch.stack([table[t] for t in texts])
 
-    pairs = [PseudoPair(f"Where was P{i} born?", f"P{i} was born where{' then' * (i % 4)}?", f"P{i}")
-             for i in range(40)]
+    return encode
+
+
+def test_blended_score_is_the_mean_rank_of_verifier_and_cosine_among_held_out_pairs(monkeypatch):
+    """verifier_weight 0.5: each score becomes its rank (weighted CDF) among the held-out pairs and the two
+    ranks are averaged; the threshold keeps `paraphrase_recall` of the pairs on that scale; the lookup tables
+    travel in the router state."""
+    import meg.routing.retrieval
+
+    encode, pairs = _random_encoder(0), BORN_PAIRS
     prompts = ["Where was Ada born?"]
     data = RoutingData(prompts, encode(prompts), ["Ada"], [], torch.zeros(0, 8), pairs, encode=encode)
     monkeypatch.setattr(meg.routing.retrieval, "trained_verifier", lambda *args, **kwargs: (GradedVerifier(), {}))
@@ -205,16 +214,7 @@ def test_the_verifier_reads_only_rows_whose_route_it_can_change(monkeypatch):
     the routes are those of the full computation (issue 19)."""
     import meg.routing.retrieval
 
-    gen = torch.Generator().manual_seed(1)
-    table: dict[str, torch.Tensor] = {}
-
-    def encode(texts):
-        for t in texts:
-            table.setdefault(t, torch.nn.functional.normalize(torch.randn(8, generator=gen), dim=0))
-        return torch.stack([table[t] for t in texts])
-
-    pairs = [PseudoPair(f"Where was P{i} born?", f"P{i} was born where{' then' * (i % 4)}?", f"P{i}")
-             for i in range(40)]
+    encode, pairs = _random_encoder(1), BORN_PAIRS
     prompts = [f"Where was Q{i} born?" for i in range(30)]
     data = RoutingData(prompts, encode(prompts), [f"Q{i}" for i in range(30)], [], torch.zeros(0, 8), pairs,
                        encode=encode)

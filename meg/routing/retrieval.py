@@ -270,8 +270,10 @@ class RetrievalRouter:
 
     def scores(self, queries: Sequence[str], embeddings: torch.Tensor) -> dict[str, torch.Tensor]:
         """Both paths' best similarity and edit per query (thresholds are applied by `decide`)."""
-        table = dict(zip(queries, embeddings.to(self.edit_embeddings.dtype)))
-        return self._scores(queries, table, self.index.named_in(queries))
+        return self._scores(queries, self._table(queries, embeddings), self.index.named_in(queries))
+
+    def _table(self, queries: Sequence[str], embeddings: torch.Tensor) -> dict[str, torch.Tensor]:
+        return dict(zip(queries, embeddings.to(self.edit_embeddings.dtype)))
 
     def _scores(self, queries: Sequence[str], table: dict[str, torch.Tensor], candidates: list[list[int]],
                 threshold: float | None = None) -> dict[str, torch.Tensor]:
@@ -294,8 +296,8 @@ class RetrievalRouter:
         return Routes(routed, edit, score.nan_to_num(neginf=-1.0))
 
     def route(self, queries: Sequence[str], embeddings: torch.Tensor) -> Routes:
-        table = dict(zip(queries, embeddings.to(self.edit_embeddings.dtype)))
-        scores = self._scores(queries, table, self.index.named_in(queries), self.thresholds["subject"])
+        scores = self._scores(queries, self._table(queries, embeddings), self.index.named_in(queries),
+                              self.thresholds["subject"])
         return self.decide(scores, self.thresholds["subject"], self.thresholds["free"])
 
     def route_texts(self, queries: Sequence[str], encode: Encode,

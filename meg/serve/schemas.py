@@ -8,10 +8,10 @@ field's name (OpenAI's `param`).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
-from pydantic import field_validator
+from pydantic import ValidationInfo, field_validator
 
 MAX_STOPS = 4  # OpenAI's limit on stop sequences
 MAX_N = 16
@@ -97,25 +97,13 @@ class CompletionRequest(_Sampling):
             raise ValueError("must not be an empty list")
         raise ValueError("must be a string or a list of strings")
 
-    @field_validator("echo")
-    @classmethod
-    def _echo(cls, value: bool | None) -> bool | None:
-        return _neutral("echo", value, False)
+    # Options this server accepts only at their neutral value (see `_neutral`).
+    NEUTRAL: ClassVar[dict[str, Any]] = {"echo": False, "logprobs": None, "best_of": 1, "suffix": None}
 
-    @field_validator("logprobs")
+    @field_validator(*NEUTRAL)
     @classmethod
-    def _logprobs(cls, value: int | None) -> int | None:
-        return _neutral("logprobs", value, None)
-
-    @field_validator("best_of")
-    @classmethod
-    def _best_of(cls, value: int | None) -> int | None:
-        return _neutral("best_of", value, 1)
-
-    @field_validator("suffix")
-    @classmethod
-    def _suffix(cls, value: str | None) -> str | None:
-        return _neutral("suffix", value, None)
+    def _unsupported(cls, value: Any, info: ValidationInfo) -> Any:
+        return _neutral(info.field_name, value, cls.NEUTRAL[info.field_name])
 
 
 class TextPart(_Body):
@@ -147,15 +135,12 @@ class ChatRequest(_Sampling):
     tool_choice: Any = None
     parallel_tool_calls: StrictBool | None = None
 
-    @field_validator("logprobs")
-    @classmethod
-    def _logprobs(cls, value: bool | None) -> bool | None:
-        return _neutral("logprobs", value, False)
+    NEUTRAL: ClassVar[dict[str, Any]] = {"logprobs": False, "top_logprobs": None}
 
-    @field_validator("top_logprobs")
+    @field_validator(*NEUTRAL)
     @classmethod
-    def _top_logprobs(cls, value: int | None) -> int | None:
-        return _neutral("top_logprobs", value, None)
+    def _unsupported(cls, value: Any, info: ValidationInfo) -> Any:
+        return _neutral(info.field_name, value, cls.NEUTRAL[info.field_name])
 
     @field_validator("response_format")
     @classmethod
