@@ -24,6 +24,7 @@ from transformers import PreTrainedTokenizerBase
 from meg import files
 from meg.architectures import resolve
 from meg.decoding import MAX_NEW_TOKENS, greedy_generate
+from meg.distributed import ranks
 from meg.errors import InputError
 from meg.models import fingerprint
 from meg.prompts import (
@@ -225,7 +226,9 @@ def collect_weights(
 
     With a work directory `work`, each finished chunk is saved in `work/collection/` under a key of the job and its
     edits and reused whenever the same chunk comes again, so an interrupted run resumes where it stopped. The model
-    is left unchanged (hooks removed, mode restored).
+    is left unchanged (hooks removed, mode restored). Under `accelerate launch`, chunk i is collected by rank
+    i mod K (each rank caches its own chunks) and every rank returns all of them in edit order: the vectors equal a
+    one-process run's, since a chunk's rows never interact with other chunks.
     """
     if not requests:
         raise InputError("no edit requests to collect")
@@ -233,19 +236,27 @@ def collect_weights(
     targets = [r.target for r in requests]
     names = [f"edit {r.case_id if r.case_id is not None else i} ({r.prompt[:40]!r})" for i, r in enumerate(requests)]
     cache = _ChunkCache(Path(work) / files.COLLECTION_DIR, job_key(model, spec, config, template)) if work else None
-    size, parts = config.batch_size, []
-    bar = tqdm(total=len(requests), desc="collect neurons", unit="edit", disable=not progress)
+    group = ranks()
+    starts = range(0, len(requests), config.batch_size)
+    mine = {i: slice(starts[i], starts[i] + config.batch_size) for i in group.mine(len(starts))}
+    bar = tqdm(total=len(requests), desc="collect neurons", unit="edit", disable=not progress or not group.main)
+    parts: dict[int, CollectionResult] = {}
     with frozen_eval(model):
-        for start in range(0, len(requests), size):
-            rows = slice(start, start + size)
-            path = cache.path(texts[rows], targets[rows]) if cache else None
-            part = cache.load(path) if cache else None
-            if part is None:
-                part = _collect_chunk(model, tokenizer, spec, texts[rows], targets[rows], names[rows], config)
-                if cache:
-                    cache.save(path, part)
-            parts.append(part)
-            bar.update(len(part.predictions))
-            bar.set_postfix(success=f"{CollectionResult.concat(parts).success_rate:.1%}")
+        for index, rows in mine.items():
+            parts[index] = _cached_chunk(cache, model, tokenizer, spec, texts[rows], targets[rows], names[rows], config)
+            bar.update(len(parts[index].predictions) * group.world)  # the other ranks keep the same pace
+            bar.set_postfix(success=f"{CollectionResult.concat(list(parts.values())).success_rate:.1%}")
     bar.close()
-    return CollectionResult.concat(parts)
+    return CollectionResult.concat(group.gather(parts, len(starts)))
+
+
+def _cached_chunk(cache: _ChunkCache | None, model: nn.Module, tokenizer: PreTrainedTokenizerBase, spec: NeuronSpec,
+                  texts: list[str], targets: list[str], names: list[str], config: CollectionConfig) -> CollectionResult:
+    """One chunk, from the cache when it was collected before, else collected (and cached)."""
+    path = cache.path(texts, targets) if cache else None
+    part = cache.load(path) if cache else None
+    if part is None:
+        part = _collect_chunk(model, tokenizer, spec, texts, targets, names, config)
+        if cache:
+            cache.save(path, part)
+    return part

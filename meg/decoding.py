@@ -117,3 +117,25 @@ def teacher_forced_accuracy(
             hits = (predicted == batch.input_ids[:, 1:]) & mask
             scores += (hits.sum(1).float() / mask.sum(1).float()).tolist()
     return scores
+
+
+@torch.no_grad()
+def answer_log_probs(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt_texts: Sequence[str],
+    targets: Sequence[str],
+    batch_size: int = 64,
+) -> list[float]:
+    """Per row: the mean log-probability of the target's tokens of `prompt + " " + target` given the gold prefix
+    (how familiar the model is with the answer after this prompt; 0 = certain)."""
+    prompt_texts, targets, device = list(prompt_texts), list(targets), _device(model)
+    scores: list[float] = []
+    with frozen_eval(model):
+        for rows in _chunks(len(prompt_texts), batch_size):
+            batch = encode_answers(tokenizer, prompt_texts[rows], targets[rows], suffix=False).to(device)
+            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1].float()
+            taken = logits.log_softmax(-1).gather(-1, batch.input_ids[:, 1:, None])[..., 0]  # (B, T-1)
+            mask = batch.target_mask[:, 1:]
+            scores += ((taken * mask).sum(1) / mask.sum(1)).tolist()
+    return scores

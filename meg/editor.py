@@ -34,6 +34,7 @@ from meg.collection import CollectionResult, collect_weights, preset_for
 from meg.config import MegConfig
 from meg.diffusion.generator import GeneratorConfig, WeightGenerator
 from meg.diffusion.train import criterion_reached, holds, trained_generator
+from meg.distributed import ranks
 from meg.encoder import QueryEncoder, tuned_encoder
 from meg.errors import InputError, PackError
 from meg.models import fingerprint, same_model
@@ -45,6 +46,7 @@ from meg.routing import RoutingData, router_class
 from meg.surgery import neuron_spec
 
 log = logging.getLogger("meg")
+PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}  # generator training: None = plain float32
 
 
 def _disjoint(requests: Sequence[EditRequest], pairs: Sequence[PseudoPair], unrelated: Sequence[str]):
@@ -127,8 +129,13 @@ class MegEditor:
     """Fit MeG on a base model: `MegEditor(model, tokenizer, config).fit(requests, pseudo_pairs, unrelated)`."""
 
     def __init__(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, config: MegConfig | None = None,
-                 template: PromptTemplate | None = None, model_name: str = "", device: str | torch.device | None = None):
-        self.model, self.tokenizer = model, tokenizer
+                 template: PromptTemplate | None = None, model_name: str = "", device: str | torch.device | None = None,
+                 precision: str = "float32"):
+        """`precision`: "bfloat16" trains the generator under bf16 autocast (load the base model in bf16 too, and
+        collection runs in it); the collected vectors and the generator's weights stay float32."""
+        if precision not in PRECISIONS:
+            raise InputError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+        self.model, self.tokenizer, self.autocast = model, tokenizer, PRECISIONS[precision]
         self.config = config or MegConfig()
         self.template = template or PromptTemplate()
         self.model_name = model_name or getattr(model.config, "_name_or_path", "") or model.config.model_type
@@ -173,15 +180,17 @@ class MegEditor:
         config, work = self.resolved_config(), Path(work_dir) if work_dir else None
         tune_pairs, calibration, unrelated, pair_count = _routing_inputs(config, requests, pseudo_pairs, unrelated,
                                                                          calibration_pairs)
-        with self._stage("encoder"):
-            encoder, tuning = tuned_encoder(config.encoder, tune_pairs, work, self.device, progress)
+        group = ranks()
+        with self._stage("encoder"), group.main_first():  # rank 0 tunes (or finds) it, the others read its cache
+            encoder, tuning = tuned_encoder(config.encoder, tune_pairs, work, self.device, progress and group.main)
         with self._stage("embed"):
-            edit_emb = encoder.encode([r.prompt for r in requests], progress=progress)  # (N, C)
-            unrelated_emb = encoder.encode(list(unrelated), progress=progress)  # (M, C)
+            edit_emb = encoder.encode([r.prompt for r in requests], progress=progress and group.main)  # (N, C)
+            unrelated_emb = encoder.encode(list(unrelated), progress=progress and group.main)  # (M, C)
         with self._stage("router"):
             data = RoutingData([r.prompt for r in requests], edit_emb, [r.subject for r in requests], list(unrelated),
                                unrelated_emb, calibration, tune_pairs, encoder.encode, work)
-            router = router_class(config.router).fit(data, config.router_config(), progress=progress)
+            router_fitted, router_state = _on_main(
+                lambda: _router_parts(router_class(config.router).fit(data, config.router_config(), progress=progress)))
         spec = neuron_spec(self.model, config.layer)
         with self._stage("collect"):
             collection = collect_weights(self.model, self.tokenizer, spec, requests, config.collection, self.template,
@@ -193,7 +202,7 @@ class MegEditor:
             config=config, base_model=self.model_name, base_fingerprint=fingerprint(self.model), neuron=spec,
             template=self.template, requests=requests, ids=list(range(len(requests))), collection=collection,
             edit_embeddings=edit_emb, encoder_state=encoder.tuned_state() if config.encoder.tune else None,
-            router_fitted=router.fitted(), router_state=router.state_dict(), generator=generator,
+            router_fitted=router_fitted, router_state=router_state, generator=generator,
             history=[history_entry("fit", len(requests))],
             log={"stage_seconds": dict(self.seconds), "replaced_duplicates": replaced, "encoder_tuning": tuning,
                  "generator_training": generator_log, "pseudo_pairs": pair_count,
@@ -255,10 +264,10 @@ class MegEditor:
             previous = router_class(config.router).from_state(config.router_config(), pack.router_fitted,
                                                               pack.router_state, pack.edit_embeddings, pack.requests,
                                                               encoder.encode)
-            conflicts = self._conflicts(previous, pack, change, edit_emb)
             data = RoutingData([r.prompt for r in change.requests], edit_emb, [r.subject for r in change.requests],
                                list(unrelated), unrelated_emb, calibration, tune_pairs, encoder.encode, work)
-            router = previous.refit(data, progress=progress)
+            conflicts, (router_fitted, router_state) = _on_main(lambda: (
+                self._conflicts(previous, pack, change, edit_emb), _router_parts(previous.refit(data, progress=progress))))
         with self._stage("collect"):
             rows = change.recollect
             collected = collect_weights(self.model, self.tokenizer, pack.neuron, [change.requests[i] for i in rows],
@@ -273,8 +282,8 @@ class MegEditor:
         return EditPack(
             config=config, base_model=pack.base_model, base_fingerprint=pack.base_fingerprint, neuron=pack.neuron,
             template=pack.template, requests=change.requests, ids=change.ids, collection=collection,
-            edit_embeddings=edit_emb, encoder_state=pack.encoder_state, router_fitted=router.fitted(),
-            router_state=router.state_dict(), generator=generator, next_id=change.next_id,
+            edit_embeddings=edit_emb, encoder_state=pack.encoder_state, router_fitted=router_fitted,
+            router_state=router_state, generator=generator, next_id=change.next_id,
             history=[*pack.history, entry], log=dict(pack.log),
         )
 
@@ -347,7 +356,8 @@ class MegEditor:
             if focus is not None and len(rows) == 0:  # no new edit was collected: nothing new to learn
                 return init, {"skipped": "no new edit was collected successfully"}
             return trained_generator(training or config.generator, vectors.to(self.device), conds.to(self.device),
-                                     zero, work, progress, init=init, focus=rows if focus is not None else None)
+                                     zero, work, progress, init=init, focus=rows if focus is not None else None,
+                                     autocast=self.autocast)
 
     @staticmethod
     def _generator_pairs(config: MegConfig, requests, collection: CollectionResult, edit_emb,
@@ -364,6 +374,18 @@ class MegEditor:
                 vectors.append(collection.vectors[[i for i, _ in rows]])
                 edits += [i for i, _ in rows]
         return torch.cat(conds), torch.cat(vectors), torch.tensor(edits, dtype=torch.long)
+
+
+def _router_parts(router) -> tuple[dict, dict]:
+    """What a pack keeps of a fitted router: (its fitted settings, its state tensors)."""
+    return router.fitted(), router.state_dict()
+
+
+def _on_main(compute: Callable[[], Any]) -> Any:
+    """`compute()` on rank 0 alone (the router: it reads and writes the work directory's caches), its result sent to
+    every rank; in one process, just `compute()`."""
+    group = ranks()
+    return group.broadcast(compute() if group.main else None)
 
 
 def _weight_source(config: MegConfig, generator, training: dict | None, collected: int):

@@ -30,6 +30,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from meg.distributed import ranks
 from meg.errors import InputError, PackError
 
 log = logging.getLogger("meg")
@@ -513,6 +514,15 @@ def work_lock(directory: str | Path, timeout: float | None = None) -> Iterator[P
         finally:
             _HELD[key][1] -= 1
         return
+    group = ranks()
+    if not group.main:  # under `accelerate launch` rank 0 holds the directory for every process of the job
+        _HELD[key] = [None, 1]
+        try:
+            group.barrier()  # rank 0 holds it now
+            yield directory
+        finally:
+            _HELD.pop(key, None)
+        return
     handle = open(directory / WORK_LOCK, "a+", encoding="utf-8")
     try:
         _acquire(handle, directory, _lock_timeout() if timeout is None else timeout)
@@ -522,6 +532,7 @@ def work_lock(directory: str | Path, timeout: float | None = None) -> Iterator[P
         handle.flush()
         _HELD[key] = [handle, 1]
         clean_stale(directory)
+        group.barrier()  # the other ranks of the job go on once the lock is held
         yield directory
     finally:
         _HELD.pop(key, None)

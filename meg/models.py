@@ -57,6 +57,8 @@ def load_causal_lm(
     """Load a causal LM and its tokenizer with `from_pretrained` (Hub id or path) in eval mode.
 
     The shipped reference model is stored in float16 to stay small; `dtype` (default float32) is what it runs in.
+    `device="auto"`: a model too large for one device is spread over the visible ones (`device_map="auto"`, layers
+    placed by accelerate); the neuron then runs on whichever device holds its layer.
     """
     if dtype not in _DTYPES:
         raise InputError(f"dtype {dtype!r} is not one of {', '.join(_DTYPES)}")
@@ -65,21 +67,25 @@ def load_causal_lm(
     name = resolve_model_id(model)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
-        lm = AutoModelForCausalLM.from_pretrained(name, dtype=_DTYPES[dtype])
+        placed = {"device_map": "auto"} if device == "auto" else {}
+        lm = AutoModelForCausalLM.from_pretrained(name, dtype=_DTYPES[dtype], **placed)
     except Exception as err:  # missing files, bad JSON, damaged weights, no tokenizer: transformers' many types
         if isinstance(err, MemoryError):
             raise
         lines = [line for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
         raise InputError(f"could not load model {model!r}: {lines[0]}") from None
-    return lm.to(device).eval(), tokenizer
+    return (lm if device == "auto" else lm.to(device)).eval(), tokenizer
 
 
 def check_device(device: str) -> str:
-    """`device` when it is a torch device this machine has; checked before anything is loaded onto it."""
+    """`device` when it is a torch device this machine has (or "auto": spread over them); checked before anything is
+    loaded onto it."""
+    if device == "auto":
+        return device
     try:
         where = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
-        raise InputError(f"device {device!r} is not a torch device (e.g. cpu, cuda, cuda:0, mps)") from None
+        raise InputError(f"device {device!r} is not a torch device (e.g. cpu, cuda, cuda:0, mps) or auto") from None
     if where.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:

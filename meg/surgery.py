@@ -166,7 +166,7 @@ def mount_neuron(
         if not isinstance(output, torch.Tensor):
             raise RuntimeError(f"FFN of {spec.model_type} returned {type(output).__name__}, expected a tensor")
         h = _ffn_input(args, kwargs)  # (B, T, d)
-        rows = _rows_for(weights, h.shape[0])  # (B, D)
+        rows = _rows_for(weights, h.shape[0]).to(h.device)  # (B, D), on the device of this layer (device_map)
         active = rows.ne(0).any(dim=1)  # (B,) rows whose neuron is not the no-op
         if not bool(active.any()):
             return output

@@ -21,11 +21,12 @@ from typing import Any
 from meg import files
 from meg.benchmarks.oracle import oracle_generality
 from meg.data.defaults import default_unrelated
+from meg.distributed import ranks
 from meg.evaluation.harness import evaluate
 from meg.evaluation.metrics import COLUMNS, MetricTable, aggregate
 from meg.evaluation.report import HEADERS, metric_row
 from meg.errors import InputError
-from meg.evaluation.runner import RunConfig, check_run, edit_context, frozen, prepare_run
+from meg.evaluation.runner import SCALES_OUT, RunConfig, check_run, edit_context, frozen, prepare_run
 from meg.methods import METHODS, check_config, get_method
 from meg.results import markdown_table, write_results
 
@@ -89,6 +90,10 @@ class BenchConfig:
                              f"({', '.join(self.methods)})")
         for name in self.methods:
             check_config(name, configs.get(name))
+        alone = [m for m in self.methods if m not in SCALES_OUT]
+        if ranks().distributed and alone:
+            raise InputError(f"method(s) {', '.join(alone)} edit in one process; launch them without accelerate "
+                             f"(methods that run on several processes: {', '.join(SCALES_OUT)})")
 
 
 def throughput(lm, prompts: Sequence[str]) -> float:
@@ -111,7 +116,8 @@ def bench_method(name: str, prep, config: BenchConfig, run_dir: Path, mix: Seque
         if saved.get("run") == frozen(run):
             return saved["result"]
     result = _measure_method(name, run, prep, run_dir, mix, work)
-    files.atomic_write_json(done, {"run": frozen(run), "result": result})
+    if ranks().main:  # under `accelerate launch` rank 0 writes; every rank has the same records
+        files.atomic_write_json(done, {"run": frozen(run), "result": result})
     return result
 
 

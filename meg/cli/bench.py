@@ -33,6 +33,7 @@ def command(
 ) -> None:
     """Edit the first N records with every method; write JSON + markdown + PNG of the comparison."""
     from meg.benchmarks.compare import BenchConfig, bench_methods, write_bench
+    from meg.distributed import ranks
     from meg.evaluation.runner import RunConfig
 
     check_count(n, "--n")
@@ -47,5 +48,6 @@ def command(
     setup = BenchConfig(run, chosen, read_json_option(configs, "--configs"))  # checks every method and its config
     bench = bench_methods(setup, out, overwrite, work_dir)
     stem = name or f"bench-{bench['setup']['data']}-{bench['setup']['n_used']}"
-    paths = write_bench(results or out, stem, bench, command_line())
-    typer.echo(Path(paths["md"]).read_text())
+    if ranks().main:  # under `accelerate launch` rank 0 writes the results
+        paths = write_bench(results or out, stem, bench, command_line())
+        typer.echo(Path(paths["md"]).read_text())

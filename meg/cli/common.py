@@ -26,7 +26,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 ModelOption = Annotated[
     str, typer.Option("--model", "-m", help="Hugging Face id or path of a causal LM; 'reference' = the shipped model")
 ]
-DeviceOption = Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda:0")]
+DeviceOption = Annotated[str, typer.Option(help="torch device, e.g. cpu, cuda, cuda:0, mps, or auto (a model too large "
+                                           "for one GPU is spread over them)")]
+DtypeOption = Annotated[str, typer.Option(help="float32, or bfloat16: the base model runs in bf16 for collection and "
+                                          "the generator trains under bf16 autocast (collected vectors stay float32)")]
 DataOption = Annotated[
     Path | None,
     typer.Option("--data", "-d", help="edit data: CounterFact / ZsRE / KnowEdit JSON or a JSONL edit file "
@@ -127,6 +130,17 @@ def check_stem(name: str | None, option: str = "--name") -> str | None:
     if name is not None and (not name.strip() or Path(name).name != name or name in (".", "..")):
         raise InputError(f"{option} must be a plain file name without a directory, got {name!r}")
     return name
+
+
+def check_dtype(dtype: str, device: str) -> str:
+    """--dtype: float32, or bfloat16 where the device computes in it."""
+    import torch
+
+    if dtype not in ("float32", "bfloat16"):
+        raise InputError(f"--dtype must be float32 or bfloat16, got {dtype!r}")
+    if dtype == "bfloat16" and device.startswith("cuda") and not torch.cuda.is_bf16_supported():
+        raise InputError(f"--dtype bfloat16: the GPU of --device {device} does not support bf16; use float32")
+    return dtype
 
 
 def check_model_device(model: str, device: str) -> None:

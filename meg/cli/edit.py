@@ -10,9 +10,9 @@ from typing import Annotated
 import typer
 
 from meg.cli.common import (
-    DeviceOption, SkipInvalidOption, TrustModelsOption,
-    check_count, check_edits_fit, check_file, check_layers, check_model_device, check_out, friendly_errors, read_config,
-    trusted_models,
+    DeviceOption, DtypeOption, SkipInvalidOption, TrustModelsOption,
+    check_count, check_dtype, check_edits_fit, check_file, check_layers, check_model_device, check_out, friendly_errors,
+    read_config, trusted_models,
 )
 
 EditsOption = Annotated[Path | None, typer.Option("--edits", "-e", help="JSONL edits (prompt, target, optional "
@@ -61,11 +61,13 @@ def command(
     skip_invalid: SkipInvalidOption = False,
     trust_pack_models: TrustModelsOption = None,
     device: DeviceOption = "cpu",
+    dtype: DtypeOption = "float32",
     help_config: HelpConfigOption = False,
 ) -> None:
     """Fit MeG on the edits and save the pack, or add, replace or remove edits of an existing pack."""
     from meg.cli.summaries import operation_summary, pack_summary
     from meg.data import load_dataset
+    from meg.distributed import ranks
     from meg.editor import MegEditor
     from meg.files import check_output_dir
     from meg.models import load_causal_lm
@@ -81,6 +83,9 @@ def command(
         check_file(path, option)
     check_out(work_dir, "--work-dir")
     check_model_device(model or "reference", device)
+    check_dtype(dtype, device)
+    group = ranks()  # under `accelerate launch`: every process fits its share, rank 0 writes the pack
+    device = group.device(device)
     pairs = load_pseudo_pairs(pseudo_pairs) if pseudo_pairs else None
     queries = load_queries(unrelated) if unrelated else None
     if pack is None:
@@ -89,11 +94,13 @@ def command(
         check_layers(model or "reference", [settings.layer], "--layer" if layer is not None else "--config layer")
         check_edits_fit(model or "reference", dataset.requests, dataset.template, edits)
         with _holding(work_dir):  # a second process on --work-dir is refused (or waits) before the model loads
-            lm, tokenizer = load_causal_lm(model or "reference", device=device)
-            editor = MegEditor(lm, tokenizer, settings, dataset.template, model_name=model or "reference")
-            fitted = editor.fit(dataset.requests, pairs, queries, work_dir)
-        fitted.save(out, overwrite=overwrite)
-        typer.echo(pack_summary(fitted, out))
+            lm, tokenizer = load_causal_lm(model or "reference", dtype=dtype, device=device)
+            editor = MegEditor(lm, tokenizer, settings, dataset.template, model_name=model or "reference",
+                               precision=dtype)
+            fitted = editor.fit(dataset.requests, pairs, queries, work_dir, progress=group.main)
+        if group.main:
+            fitted.save(out, overwrite=overwrite)
+            typer.echo(pack_summary(fitted, out))
         return
     from meg.lifelong import plan_add, plan_remove, read_removals
     from meg.pack import EditPack
@@ -108,15 +115,17 @@ def command(
         plan_add(before.requests, before.ids, before.next_id, requests, "add" if add is not None else "replace")
         check_edits_fit(model or before.base_model, requests, before.template, add or replace)
     with _holding(work_dir):
-        lm, tokenizer = load_causal_lm(model or before.base_model, device=device)
-        editor = MegEditor(lm, tokenizer, before.config, before.template, model_name=before.base_model)
-        options = {"pseudo_pairs": pairs, "unrelated": queries, "work_dir": work_dir}
+        lm, tokenizer = load_causal_lm(model or before.base_model, dtype=dtype, device=device)
+        editor = MegEditor(lm, tokenizer, before.config, before.template, model_name=before.base_model,
+                           precision=dtype)
+        options = {"pseudo_pairs": pairs, "unrelated": queries, "work_dir": work_dir, "progress": group.main}
         if removals is not None:
             after = editor.remove(before, removals, **options)
         else:
             after = (editor.add if add is not None else editor.replace)(before, requests, **options)
-    after.save(out, overwrite=overwrite)
-    typer.echo(operation_summary(after, out))
+    if group.main:
+        after.save(out, overwrite=overwrite)
+        typer.echo(operation_summary(after, out))
 
 
 def _holding(work_dir: Path | None):

@@ -26,6 +26,7 @@ def command(
     device: DeviceOption = "cpu",
 ) -> None:
     """Score the pack's edited model on the first N records; write the report into --out."""
+    from meg.distributed import ranks
     from meg.evaluation.runner import evaluate_pack
 
     check_count(n, "--n")
@@ -34,4 +35,5 @@ def command(
     check_model_device(model, device)
     evaluate_pack(pack, model, str(data) if data else None, n, out, overwrite, device, command_line(),
                   skip_invalid=skip_invalid, trust_models=trusted_models(trust_pack_models))
-    typer.echo((out / "report.md").read_text())
+    if ranks().main:  # under `accelerate launch` rank 0 wrote the report
+        typer.echo((out / "report.md").read_text())

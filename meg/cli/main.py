@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from meg.cli import bench, bench_collect, bench_infer, cache, demo, edit, env, generate, layers, pack, route_bench, run
-from meg.cli import serve, serve_bench
+from meg.cli import bench, bench_collect, bench_infer, cache, demo, edit, env, generate, layers, pack
+from meg.cli import bench_scaleout, collect_report, route_bench, run, serve, serve_bench
 from meg.cli import eval as eval_command
 
 app = typer.Typer(
@@ -27,6 +27,8 @@ COMMANDS = {
     "layers": layers,
     "bench-collect": bench_collect,
     "bench-infer": bench_infer,
+    "bench-scaleout": bench_scaleout,
+    "collect-report": collect_report,
     "env": env,
     "serve": serve,
     "bench-serve": serve_bench,

@@ -31,6 +31,7 @@ def command(
     device: DeviceOption = "cpu",
 ) -> None:
     """Edit, evaluate, and write report.json / report.md / report.png into --out."""
+    from meg.distributed import ranks
     from meg.evaluation.runner import ZSRE_TARGETS, RunConfig, run_edit_and_eval
     from meg.methods import check_config
 
@@ -44,4 +45,5 @@ def command(
                          method_config=read_json_option(config), template=template, zsre_target=zsre_target,
                          keep_only_wrong=keep_only_wrong, seed=seed, device=device, skip_invalid=skip_invalid)
     run_edit_and_eval(settings, out, overwrite=overwrite, command=command_line())
-    typer.echo((out / "report.md").read_text())
+    if ranks().main:  # under `accelerate launch` rank 0 wrote the report
+        typer.echo((out / "report.md").read_text())

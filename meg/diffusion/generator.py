@@ -168,10 +168,14 @@ class WeightGenerator(nn.Module):
         """The denoiser's v prediction in diffusion space: z_t (B, D), t (B,), cond (B, C) -> (B, D)."""
         return self.denoiser(z_t, t, cond)
 
-    def loss(self, x0: torch.Tensor, cond: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def loss(self, x0: torch.Tensor, cond: torch.Tensor, generator: torch.Generator | None = None,
+             share: tuple[int, int] = (0, 1)) -> torch.Tensor:
         """The paper's objective: t ~ U{0..T-1}, eps ~ N(0, I), MSE between predicted and true v.
 
         x0: collected vectors (B, D) in the original weight space; cond: query embeddings (B, C).
+        share (rank, world): the noise and timesteps are drawn for the whole batch (every rank draws alike), the
+        loss is taken over rows rank, rank + world, ... and scaled by world / (B * D), so the mean of the ranks'
+        gradients (what DistributedDataParallel all-reduces) is the gradient of the whole batch's MSE.
         """
         self._check(cond, x0)
         z0 = self.normalize(x0.to(self.norm_scale.dtype))  # (B, D)
@@ -179,7 +183,12 @@ class WeightGenerator(nn.Module):
         t = self.schedule.random_timesteps(z0.shape[0], z0.device, generator)  # (B,)
         z_t = self.schedule.add_noise(z0, noise, t)
         target = self.schedule.velocity(z0, noise, t)  # v = a_t eps - s_t z0
-        return F.mse_loss(self(z_t, t, cond.to(z0.dtype)), target)
+        rank, world = share
+        if world == 1:
+            return F.mse_loss(self(z_t, t, cond.to(z0.dtype)), target)
+        rows = slice(rank, None, world)
+        error = self(z_t[rows], t[rows], cond[rows].to(z0.dtype)) - target[rows]  # (B / world, D)
+        return error.pow(2).sum() * (world / target.numel())
 
     @torch.no_grad()
     def sample(

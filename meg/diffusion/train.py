@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from meg import __version__, files
 from meg.diffusion.generator import GeneratorConfig, WeightGenerator
+from meg.distributed import ranks
 from meg.errors import InputError
 from meg.training_state import load_training_state, save_training_state
 
@@ -229,12 +230,39 @@ def _eval_subset(data: _Data, config: GeneratorConfig) -> _Data:
     return _Data(data.vectors[idx], data.conds[idx], zero)
 
 
+class _Objective(torch.nn.Module):
+    """The generator's training loss as a module's forward, for DistributedDataParallel to wrap: DDP all-reduces the
+    gradients of what its forward computed."""
+
+    def __init__(self, generator: WeightGenerator) -> None:
+        super().__init__()
+        self.generator = generator
+
+    def forward(self, x0: torch.Tensor, cond: torch.Tensor, rng: torch.Generator, share: tuple[int, int]):
+        return self.generator.loss(x0, cond, generator=rng, share=share)
+
+
+def _distributed(model: WeightGenerator):
+    """The model wrapped for training across the launched processes (DDP), or None in one process."""
+    group = ranks()
+    if not group.distributed:
+        return None
+    from torch.nn.parallel import DistributedDataParallel
+
+    device = next(model.parameters()).device
+    return DistributedDataParallel(_Objective(model), device_ids=[device.index] if device.type == "cuda" else None)
+
+
 class _Trainer:
-    """One run: the model, its optimiser, the batch stream and the log. `run()` returns when a stop fires."""
+    """One run: the model, its optimiser, the batch stream and the log. `run()` returns when a stop fires.
+
+    Under `accelerate launch` every rank draws the same batches and noise, computes the loss of its share of the
+    rows, and DDP averages the gradients (meg/distributed.py): the weights stay identical on every rank, rank 0
+    decides when to stop and alone writes the training state."""
 
     def __init__(self, data: _Data, config: GeneratorConfig, progress: bool, checkpoint: Path | None,
-                 init: WeightGenerator | None = None) -> None:
-        self.config, self.data, self.checkpoint = config, data, checkpoint
+                 init: WeightGenerator | None = None, autocast: torch.dtype | None = None) -> None:
+        self.config, self.data, self.checkpoint, self.autocast = config, data, checkpoint, autocast
         device = data.vectors.device
         self.model = WeightGenerator(config, data.vectors.shape[1], data.conds.shape[1]).to(device)
         if init is None:
@@ -246,23 +274,36 @@ class _Trainer:
         # The EMA copy (when on) is what gets evaluated, kept and returned; the raw weights only train.
         self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
                     if config.ema_decay > 0 else None)
+        self.group, self.ddp = ranks(), _distributed(self.model)  # DDP broadcasts rank 0's initial weights
         self.rng = torch.Generator(device=device).manual_seed(config.seed)  # noise and timesteps
         self.batches = _batches(data, config, torch.Generator().manual_seed(config.seed + 3))
         self.eval_data = _eval_subset(data, config)
         self.log = TrainingLog(config=config.to_dict())
         self.best_state: dict[str, torch.Tensor] | None = None
         self.start, self.before = 0.0, 0.0  # perf_counter at the start of `run`; seconds of the runs it resumes
-        self.bar = tqdm(total=config.max_steps, disable=not progress, desc="generator", unit="step")
+        self.bar = tqdm(total=config.max_steps, disable=not progress or not self.group.main, desc="generator",
+                        unit="step")
 
     def step(self) -> float:
         x0, cond = next(self.batches)
-        loss = self.model.loss(x0, cond, generator=self.rng)
+        with torch.autocast(x0.device.type, dtype=self.autocast, enabled=self.autocast is not None):
+            if self.ddp is None:
+                loss = self.model.loss(x0, cond, generator=self.rng)
+            else:
+                loss = self.ddp(x0, cond, self.rng, (self.group.rank, self.group.world))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         self.scheduler.step()
         if self.ema is not None:
             self.ema.update_parameters(self.model)
+        return self._batch_loss(loss.detach())
+
+    def _batch_loss(self, loss: torch.Tensor) -> float:
+        """The whole batch's loss (with DDP: the mean of the ranks' scaled shares)."""
+        if self.ddp is not None:
+            torch.distributed.all_reduce(loss)
+            loss = loss / self.group.world
         return loss.item()
 
     @property
@@ -310,7 +351,7 @@ class _Trainer:
             reason = self._stop_reason(step, self.seconds())
             if reason:
                 break
-            if self.checkpoint and step % cfg.eval_every == 0:
+            if self.checkpoint and step % cfg.eval_every == 0 and self.group.main:
                 self._save(step, window)
         self.bar.close()
         return self._finish(step, reason)
@@ -341,8 +382,10 @@ class _Trainer:
     def _stop_reason(self, step: int, seconds: float) -> str:
         cfg = self.config
         at_eval = step % cfg.eval_every == 0 or step == cfg.max_steps
-        if at_eval and self.evaluate(step, seconds) < cfg.stop_threshold:
-            return "criterion"
+        if at_eval:  # every rank evaluates its (identical) weights; rank 0's verdict holds for all
+            reached = self.group.broadcast(self.evaluate(step, seconds) < cfg.stop_threshold)
+            if reached:
+                return "criterion"
         return "max_steps" if step == cfg.max_steps else ""
 
     def _finish(self, step: int, reason: str) -> tuple[WeightGenerator, TrainingLog]:
@@ -366,6 +409,7 @@ def train_generator(
     checkpoint: str | Path | None = None,
     init: WeightGenerator | None = None,
     focus: torch.Tensor | None = None,
+    autocast: torch.dtype | None = None,
 ) -> tuple[WeightGenerator, TrainingLog]:
     """Train a generator that maps conds (N, C) to the collected vectors (N, D) (original weight space).
 
@@ -377,7 +421,8 @@ def train_generator(
     architecture and sizes), training starts from its weights and normalisation instead of a fresh network: a
     lifelong update fine-tunes the pack's generator (`meg.editor.MegEditor.add`) with `config`'s schedule.
     `focus` (row indices, e.g. the new edits' pairs): FOCUS_FRACTION of every batch and of the evaluation subset
-    come from these rows, the rest replays the others.
+    come from these rows, the rest replays the others. `autocast` (e.g. torch.bfloat16): the forward and loss run
+    in that precision under torch.autocast (weights, optimiser state, evaluation and the result stay float32).
     """
     config = config or GeneratorConfig()
     _check_inputs(vectors, conds, zero_conds)
@@ -391,7 +436,7 @@ def train_generator(
         None if zero_conds is None else zero_conds.detach().to(device, torch.float32),
         None if focus is None else _focus_rows(focus, vectors.shape[0]),
     )
-    return _Trainer(data, config, progress, Path(checkpoint) if checkpoint else None, init).run()
+    return _Trainer(data, config, progress, Path(checkpoint) if checkpoint else None, init, autocast).run()
 
 
 def _focus_rows(focus: torch.Tensor, n: int) -> torch.Tensor:
@@ -425,13 +470,14 @@ def holds(log: dict[str, Any], config: GeneratorConfig) -> bool:
 def trained_generator(config: GeneratorConfig, vectors: torch.Tensor, conds: torch.Tensor,
                       zero_conds: torch.Tensor | None, work: Path | None, progress: bool = True,
                       init: WeightGenerator | None = None, focus: torch.Tensor | None = None,
-                      ) -> tuple[WeightGenerator, dict]:
+                      autocast: torch.dtype | None = None) -> tuple[WeightGenerator, dict]:
     """A generator trained on (conds -> vectors) (paper stage 4), or the one stored in the work directory `work`
     under a key of its inputs; an interrupted training continues from its state saved there at the last
-    evaluation. Trains on the device of `vectors`; `init` / `focus`: fine-tune (see `train_generator`)."""
+    evaluation. Trains on the device of `vectors`; `init` / `focus`: fine-tune, `autocast`: lower precision (see
+    `train_generator`)."""
     # Fresh trainings keep the keys they had before fine-tuning existed: the extra parts are only added for it.
     extra = [*(init.state_dict().values() if init is not None else []),
-             *([torch.as_tensor(focus)] if focus is not None else [])]
+             *([torch.as_tensor(focus)] if focus is not None else []), *([str(autocast)] if autocast else [])]
     key = files.digest(config.to_dict(), vectors, conds, zero_conds if zero_conds is not None else 0, *extra)
     cached = work / files.TRAINED_GENERATOR.format(key=key) if work else None
     if cached and (cached / files.PACK_GENERATOR).is_file():
@@ -439,8 +485,8 @@ def trained_generator(config: GeneratorConfig, vectors: torch.Tensor, conds: tor
         return WeightGenerator.load(cached, device=vectors.device), {**saved, "resumed_from": cached.name}
     checkpoint = work / files.GENERATOR_TRAINING.format(key=key) if work else None
     generator, log = train_generator(vectors, conds, config, zero_conds=zero_conds, progress=progress,
-                                     checkpoint=checkpoint, init=init, focus=focus)
-    if cached:
+                                     checkpoint=checkpoint, init=init, focus=focus, autocast=autocast)
+    if cached and ranks().main:
         generator.save(cached)
         log.save(cached / files.GENERATOR_LOG)  # so a reuse knows whether the generator holds its vectors
         checkpoint.unlink(missing_ok=True)  # the finished generator replaces its (several times larger) state

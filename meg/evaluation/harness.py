@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from meg import files
 from meg.decoding import MAX_NEW_TOKENS
+from meg.distributed import ranks
 from meg.evaluation.metrics import ag_pass, locality_target
 from meg.methods.base import EditedLM
 from meg.requests import EditRequest
@@ -102,19 +103,25 @@ def evaluate(
     `pre_edit` maps each locality prompt (and, when present, each edit prompt and paraphrase: kept in the
     records as "before") to the unedited model's greedy output (see `pre_edit_outputs`).
     """
-    path = Path(run_dir) / files.RUN_RECORDS
+    path, group = Path(run_dir) / files.RUN_RECORDS, ranks()
     path.parent.mkdir(parents=True, exist_ok=True)
     done = read_records(path)
     if done and len(done) % chunk_size and len(done) != len(requests):
         done = done[: len(done) - len(done) % chunk_size]  # a chunk only counts when it was written whole
-        files.atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in done))
-    bar = tqdm(total=len(requests), initial=len(done), desc="evaluate", unit="edit", disable=not progress)
-    for start in range(len(done), len(requests), chunk_size):
-        chunk = evaluate_chunk(lm, requests[start : start + chunk_size], start, pre_edit, max_new_tokens)
-        _append_records(path, chunk)
-        done += chunk
-        bar.update(len(chunk))
+        if group.main:
+            files.atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in done))
+    starts = range(len(done), len(requests), chunk_size)
+    bar = tqdm(total=len(requests), initial=len(done), desc="evaluate", unit="edit", disable=not progress or not group.main)
+    chunks = group.in_rounds(len(starts), lambda i: evaluate_chunk(
+        lm, requests[starts[i] : starts[i] + chunk_size], starts[i], pre_edit, max_new_tokens))
+    for finished in chunks:  # one chunk per process and round (one process: one chunk at a time)
+        for chunk in finished:
+            if group.main:
+                _append_records(path, chunk)
+            done += chunk
+            bar.update(len(chunk))
     bar.close()
+    group.barrier()  # rank 0 has written every record before any process reads the file again
     return done
 
 
@@ -130,15 +137,20 @@ def pre_edit_outputs(
     path = Path(cache_path) if cache_path else None
     if path and path.exists():
         cache = {r["prompt"]: r["output"] for r in read_records(path)}
-    missing = [p for p in dict.fromkeys(prompts) if p not in cache]
-    bar = tqdm(total=len(missing), desc="pre-edit outputs", unit="prompt", disable=not progress or not missing)
-    for start in range(0, len(missing), chunk_size):
-        batch = missing[start : start + chunk_size]
-        outputs = base.generate(batch, max_new_tokens)
-        cache.update(zip(batch, outputs))
-        if path:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _append_records(path, [{"prompt": p, "output": o} for p, o in zip(batch, outputs)])
-        bar.update(len(batch))
+    missing, group = [p for p in dict.fromkeys(prompts) if p not in cache], ranks()
+    starts = range(0, len(missing), chunk_size)
+    bar = tqdm(total=len(missing), desc="pre-edit outputs", unit="prompt",
+               disable=not progress or not missing or not group.main)
+    rounds = group.in_rounds(len(starts), lambda i: base.generate(missing[starts[i] : starts[i] + chunk_size],
+                                                                  max_new_tokens))
+    for first, finished in zip(range(0, len(starts), group.world), rounds):
+        for start, outputs in zip(starts[first : first + group.world], finished):
+            batch = missing[start : start + chunk_size]
+            cache.update(zip(batch, outputs))
+            if path and group.main:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                _append_records(path, [{"prompt": p, "output": o} for p, o in zip(batch, outputs)])
+            bar.update(len(batch))
     bar.close()
+    group.barrier()  # rank 0 has written the cache before any process reads it again
     return {p: cache[p] for p in prompts}

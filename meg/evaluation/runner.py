@@ -22,6 +22,7 @@ from meg import files
 from meg.data import Dataset, load_dataset, template_for
 from meg.data.defaults import default_pseudo_pairs, default_unrelated, demo_dataset
 from meg.decoding import MAX_NEW_TOKENS
+from meg.distributed import ranks
 from meg.errors import InputError
 from meg.evaluation.harness import evaluate, pre_edit_outputs
 from meg.evaluation.metrics import ag_pass
@@ -71,6 +72,9 @@ class RunConfig:
 
 
 ZSRE_TARGETS = ("new", "true")
+# Methods whose editing runs across the processes of `accelerate launch` (the MeG stages, meg/distributed.py); every
+# other method edits in one process (launch it without accelerate).
+SCALES_OUT = ("meg", "meg-paper", "meg-query", "meg-gate", "knn", "mlp", "unedited")
 
 
 def _positive_int(value: Any) -> bool:
@@ -92,6 +96,8 @@ def _cache_file(model, dataset: Dataset) -> Path:
 
 
 def _freeze(run_dir: Path, config: RunConfig, overwrite: bool) -> None:
+    if not ranks().main:  # under `accelerate launch`, rank 0 writes the run directory
+        return
     path = run_dir / files.RUN_CONFIG
     settings = frozen(config)
     if path.exists() and not overwrite and files.read_user_json(path) != settings:
@@ -210,7 +216,7 @@ def prepare_run(config: RunConfig, run_dir: Path, overwrite: bool, template: str
     dataset = dataset or check_run(config, run_dir, overwrite, template)
     run_dir.mkdir(parents=True, exist_ok=True)
     _freeze(run_dir, config, overwrite)
-    model, tokenizer = load_causal_lm(config.model, device=config.device)
+    model, tokenizer = load_causal_lm(config.model, device=ranks().device(config.device))
     base, cache = PlainLM(model, tokenizer, dataset.template), _cache_file(model, dataset)
     dataset, note = select_records(dataset, config, base, cache)
     seconds["load"] = time.perf_counter() - start
@@ -233,7 +239,8 @@ def _evaluate_and_report(prep: PreparedRun, edited, config: RunConfig, run_dir: 
              "filter": prep.note, "n_used": len(dataset.requests)}
     seconds = {k: round(v, 2) for k, v in prep.seconds.items()}
     report = build_report(records, setup, seconds, edited.stats(), config.max_new_tokens)
-    write_report(run_dir, report)
+    if ranks().main:
+        write_report(run_dir, report)
     return report
 
 
@@ -243,6 +250,9 @@ def run_edit_and_eval(config: RunConfig, out: str | Path, overwrite: bool = Fals
     started, run_dir = time.perf_counter(), Path(out)
     check_config(config.method, config.method_config)
     apply = get_method(config.method)
+    if ranks().distributed and config.method not in SCALES_OUT:
+        raise InputError(f"method {config.method!r} edits in one process; launch it without accelerate (methods that "
+                         f"run on several processes: {', '.join(SCALES_OUT)})")
     dataset = check_run(config, run_dir, overwrite)
     with files.work_lock(run_dir):
         prep = prepare_run(config, run_dir, overwrite, dataset=dataset)

@@ -16,6 +16,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from meg.config import MegConfig
+from meg.distributed import ranks
 from meg.edited_model import EditedModel
 from meg.editor import MegEditor
 from meg.encoder import EncoderConfig
@@ -65,8 +66,10 @@ def apply_meg(
     if pack is None:
         pack = editor.fit(requests, context.pseudo_pairs or None, context.unrelated or None, context.work_dir,
                           context.progress, calibration_pairs=context.calibration_pairs)
-        if pack_dir:
+        group = ranks()
+        if pack_dir and group.main:  # under `accelerate launch` rank 0 writes, the others wait for the pack
             pack.save(pack_dir, overwrite=True)
+        group.barrier()
     return EditedModel(model, tokenizer, pack)
 
 
