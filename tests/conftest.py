@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import shutil
 import tempfile
@@ -130,6 +131,21 @@ def train_on_facts(model: torch.nn.Module, tokenizer, facts=FACTS, steps: int = 
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return model.eval()
+
+
+def write_edit_files(root, model, tokenizer, edits: int = 8):
+    """What the CLI reads, under `root`: the saved model (`model/`), the first `edits` facts as a JSONL edit file with
+    subject, paraphrase and unrelated query (`edits.jsonl`), the pseudo pairs (`pairs.jsonl`) and unrelated queries
+    (`unrelated.jsonl`)."""
+    model.save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    rows = [{"prompt": p, "target": t, "subject": s, "paraphrases": [para], "unrelated": [UNRELATED[i]], "case_id": i}
+            for i, ((p, _), t, s, para) in enumerate(zip(FACTS, NEW_TARGETS, SUBJECTS, PARAPHRASES))]
+    (root / "edits.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:edits]))
+    (root / "pairs.jsonl").write_text("".join(json.dumps({"question": q, "paraphrase": p, "subject": s}) + "\n"
+                                              for q, p, s in PSEUDO_PAIRS))
+    (root / "unrelated.jsonl").write_text("".join(json.dumps({"prompt": q}) + "\n" for q in UNRELATED[20:]))
+    return root
 
 
 def tiny_config(**overrides):

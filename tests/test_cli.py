@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from conftest import FACTS, NEW_TARGETS, PARAPHRASES, PSEUDO_PAIRS, SUBJECTS, UNRELATED, tiny_config
+from conftest import FACTS, NEW_TARGETS, UNRELATED, tiny_config, write_edit_files
 from meg.cli.main import app
 from meg.encoder import EncoderConfig
 
@@ -18,14 +18,7 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, fact_gpt2, tokenizer):
     """A saved tiny model, an 8-record edit file, pseudo pairs, unrelated queries and a tiny MeG config."""
-    root = tmp_path_factory.mktemp("cli")
-    fact_gpt2.save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
-    rows = [{"prompt": p, "target": t, "subject": s, "paraphrases": [para], "unrelated": [UNRELATED[i]],
-             "case_id": i} for i, ((p, _), t, s, para) in enumerate(zip(FACTS, NEW_TARGETS, SUBJECTS, PARAPHRASES))]
-    (root / "edits.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:8]))
-    (root / "pairs.jsonl").write_text("".join(json.dumps({"question": q, "paraphrase": p, "subject": s}) + "\n" for q, p, s in PSEUDO_PAIRS))
-    (root / "unrelated.jsonl").write_text("".join(json.dumps({"prompt": q}) + "\n" for q in UNRELATED[20:]))
+    root = write_edit_files(tmp_path_factory.mktemp("cli"), fact_gpt2, tokenizer)
     (root / "config.json").write_text(json.dumps(tiny_config().to_dict()))
     # `meg run` builds its pseudo pairs from the data; the shipped encoder spares tuning on them (3 CPU minutes).
     (root / "run-config.json").write_text(json.dumps(tiny_config(encoder=EncoderConfig()).to_dict()))

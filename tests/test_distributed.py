@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FACTS, NEW_TARGETS, PARAPHRASES, PSEUDO_PAIRS, SUBJECTS, UNRELATED, tiny_config
+from conftest import FACTS, NEW_TARGETS, tiny_config, write_edit_files
 
 from meg.distributed import SINGLE, Ranks
 from meg.errors import InputError
@@ -64,15 +64,7 @@ def workspace(tmp_path_factory, fact_gpt2, tokenizer):
 
     from meg.encoder import EncoderConfig
 
-    root = tmp_path_factory.mktemp("dist")
-    fact_gpt2.save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
-    rows = [{"prompt": p, "target": t, "subject": s, "paraphrases": [para], "unrelated": [UNRELATED[i]], "case_id": i}
-            for i, ((p, _), t, s, para) in enumerate(zip(FACTS, NEW_TARGETS, SUBJECTS, PARAPHRASES))]
-    (root / "edits.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:12]))
-    (root / "pairs.jsonl").write_text("".join(json.dumps({"question": q, "paraphrase": p, "subject": s}) + "\n"
-                                              for q, p, s in PSEUDO_PAIRS))
-    (root / "unrelated.jsonl").write_text("".join(json.dumps({"prompt": q}) + "\n" for q in UNRELATED[20:]))
+    root = write_edit_files(tmp_path_factory.mktemp("dist"), fact_gpt2, tokenizer, edits=12)
     config = tiny_config(encoder=EncoderConfig())  # the shipped encoder: no tuning in the test
     config = replace(config, collection=replace(config.collection, batch_size=2),
                      generator=replace(config.generator, max_steps=60, warmup_steps=10, eval_every=30,
