@@ -1,5 +1,5 @@
 """AlphaEdit (Fang et al. 2025, "AlphaEdit: Null-Space Constrained Knowledge Editing for Language Models"), in
-one-batch mode (the mode the MeG paper compares in).
+one-batch mode (the mode the MeG paper compares in) and in its sequential setting (below).
 
 Same keys K and targets z as MEMIT (memit.py: subject's last token, delta optimised at the last layer, residual
 spread evenly over the layer range). The difference is the per-layer solve. With C_0 = E[k k^T] the preserved
@@ -10,6 +10,16 @@ the update is (paper Eq. 14, with no previously edited keys in one-batch mode, a
 whose rows lie in range(P): Delta k_0 = 0 for every key k_0 in C_0's principal subspace, so the preserved
 knowledge's outputs do not move (to first order through that layer). MEMIT's lambda * C term is gone: the
 projection replaces it. The research code computes P with an SVD of C_0; C_0 is symmetric, so `eigh` is the same.
+
+Sequential setting (the paper's Eq. 14 in full; `cache_c` of the research code): batches are applied one after
+another to the model the previous batch left, and K_p K_p^T, the sum over the earlier batches' keys, enters the
+solve,
+    Delta^T = (P (K K^T + K_p K_p^T) + l2 I)^{-1} P K R^T,
+so a batch's update also keeps the earlier edits' keys where they were; after each batch its keys are added to
+the sum (`edit_alphaedit(previous=...)` returns it). P is the base model's, computed once: pass the unedited
+model's key statistics (`memit.statistics_for`) to every batch. The keys added are those read while spreading the
+update (layer l's with layers < l already updated); the research code re-reads them after all layers are updated,
+which gives the same keys: neither a later layer nor layer l's own update feeds layer l's FFN input.
 """
 
 from __future__ import annotations
@@ -58,27 +68,46 @@ def null_space_projector(cov: torch.Tensor, threshold: float) -> tuple[torch.Ten
     return basis @ basis.T, int(basis.shape[1])
 
 
-def alphaedit_update(keys: torch.Tensor, resid: torch.Tensor, projector: torch.Tensor, l2: float) -> torch.Tensor:
-    """Delta = R K^T P (K K^T P + l2 I)^{-1}. keys (m, N), resid (d, N), projector (m, m) -> (d, m)."""
+def alphaedit_update(keys: torch.Tensor, resid: torch.Tensor, projector: torch.Tensor, l2: float,
+                     previous: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    """Delta = R K^T P (K K^T P + K_p K_p^T P + l2 I)^{-1}. keys (m, N), resid (d, N), projector (m, m), previous
+    (m, m) = K_p K_p^T of earlier batches (sequential setting; None: none) -> (d, m)."""
     m = keys.shape[0]
     eye = torch.eye(m, dtype=keys.dtype, device=keys.device)
-    solved = torch.linalg.solve(projector @ keys @ keys.T + l2 * eye, projector @ keys @ resid.T)  # (m, d)
+    moments = keys @ keys.T if previous is None else keys @ keys.T + previous.to(keys.device, keys.dtype)
+    solved = torch.linalg.solve(projector @ moments + l2 * eye, projector @ keys @ resid.T)  # (m, d)
     return solved.T  # (d, m)
+
+
+def edit_alphaedit(
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase, requests: Sequence[EditRequest], context: EditContext,
+    statistics: dict[int, torch.Tensor] | None = None, previous: dict[int, torch.Tensor] | None = None,
+) -> tuple[WeightEditedLM, dict[int, torch.Tensor]]:
+    """AlphaEdit on a copy of `model`: (a PlainLM around the copy, {layer: K_p K_p^T} with this batch's keys
+    added). Sequential setting (module docstring): `statistics` = the base model's key statistics, `previous` =
+    what the previous batch returned; one batch: neither."""
+    config = resolve_config(AlphaEditConfig, context.config, PRESETS)
+    null_dims: dict[int, int] = {}
+    moments = dict(previous or {})
+
+    def update(layer: int, keys: torch.Tensor, resid: torch.Tensor, projector: torch.Tensor) -> torch.Tensor:
+        delta = alphaedit_update(keys, resid, projector, config.l2, previous.get(layer) if previous else None)
+        moments[layer] = moments.get(layer, 0) + (keys @ keys.T).cpu()
+        return delta
+
+    def make_update(statistics: dict[int, torch.Tensor]) -> UpdateFn:
+        projectors = {}
+        for layer, cov in statistics.items():
+            projectors[layer], null_dims[layer] = null_space_projector(cov, config.nullspace_threshold)
+        return lambda layer, keys, resid: update(layer, keys, resid, projectors[layer])
+
+    edited, info = locate_and_edit(model, tokenizer, requests, context, config, make_update, statistics)
+    info = {"method": "alphaedit", **info, "null_space_dims": null_dims, "sequential": previous is not None}
+    return WeightEditedLM(edited, tokenizer, context.template, info), moments
 
 
 def apply_alphaedit(
     model: nn.Module, tokenizer: PreTrainedTokenizerBase, requests: Sequence[EditRequest], context: EditContext
 ) -> WeightEditedLM:
     """AlphaEdit on a copy of `model`, all edits in one batch; returns a PlainLM around the copy."""
-    config = resolve_config(AlphaEditConfig, context.config, PRESETS)
-    null_dims: dict[int, int] = {}
-
-    def make_update(statistics: dict[int, torch.Tensor]) -> UpdateFn:
-        projectors = {}
-        for layer, cov in statistics.items():
-            projectors[layer], null_dims[layer] = null_space_projector(cov, config.nullspace_threshold)
-        return lambda layer, keys, resid: alphaedit_update(keys, resid, projectors[layer], config.l2)
-
-    edited, info = locate_and_edit(model, tokenizer, requests, context, config, make_update)
-    info = {"method": "alphaedit", **info, "null_space_dims": null_dims}
-    return WeightEditedLM(edited, tokenizer, context.template, info)
+    return edit_alphaedit(model, tokenizer, requests, context)[0]

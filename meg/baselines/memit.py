@@ -295,10 +295,21 @@ def key_statistics(model: nn.Module, tokenizer: PreTrainedTokenizerBase, layers:
     return second_moments(model, tokenizer, layers, texts, config.stats_dir, progress=progress)
 
 
+def statistics_for(model: nn.Module, tokenizer: PreTrainedTokenizerBase, context: EditContext,
+                   config: LocateConfig) -> dict[int, torch.Tensor]:  # fmt: skip
+    """C_l of every layer `config` edits on `model`: what `locate_and_edit` uses. Sequential editing computes them
+    once on the unedited model and passes them to every batch (`statistics=`), as the published code keeps its
+    covariance in memory after the first batch."""
+    layers = edit_layers(model, config.layers, context.layer)
+    return key_statistics(model, tokenizer, layers, config, context.progress)
+
+
 def locate_and_edit(model: nn.Module, tokenizer: PreTrainedTokenizerBase, requests: Sequence[EditRequest],
-                    context: EditContext, config: LocateConfig, make_update: Callable[[dict], UpdateFn]):  # fmt: skip
+                    context: EditContext, config: LocateConfig, make_update: Callable[[dict], UpdateFn],
+                    statistics: dict[int, torch.Tensor] | None = None):  # fmt: skip
     """MEMIT's pipeline on a copy of `model`; `make_update(statistics)` supplies the per-layer solve.
-    Returns (edited copy, info dict)."""
+    `statistics`: C_l per edited layer to use (sequential editing: the base model's, `statistics_for`); None =
+    those of `model`. Returns (edited copy, info dict)."""
     start = time.perf_counter()
     if not requests:
         raise InputError("no edit requests given")
@@ -308,7 +319,8 @@ def locate_and_edit(model: nn.Module, tokenizer: PreTrainedTokenizerBase, reques
     device = next(edited.parameters()).device
     suffix = config.loss_tokens == "answer"
     edits = _to_device(prepare_edits(tokenizer, requests, context.template, context_length(edited), suffix), device)
-    statistics = key_statistics(edited, tokenizer, layers, config, context.progress)  # before any edit
+    if statistics is None:
+        statistics = key_statistics(edited, tokenizer, layers, config, context.progress)  # before any edit
     z, nll = cached_targets(edited, edits, layers[-1], config, context.work_dir)
     norms = spread_update(edited, edits, z, layers, make_update(statistics), config.batch_size)
     info = {"config": config.to_dict(), "layers": layers, "edits": len(requests), "subject_fallbacks": edits.fallbacks,
@@ -323,13 +335,15 @@ def _to_device(edits: PreparedEdits, device: torch.device) -> PreparedEdits:
 
 
 def apply_memit(
-    model: nn.Module, tokenizer: PreTrainedTokenizerBase, requests: Sequence[EditRequest], context: EditContext
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase, requests: Sequence[EditRequest], context: EditContext,
+    statistics: dict[int, torch.Tensor] | None = None,
 ) -> WeightEditedLM:
-    """MEMIT on a copy of `model`, all edits in one batch; returns a PlainLM around the copy."""
+    """MEMIT on a copy of `model`, all edits in one batch; returns a PlainLM around the copy. Sequential MEMIT
+    (each batch applied to the previous batch's model) passes the base model's `statistics` (`statistics_for`)."""
     config = resolve_config(MEMITConfig, context.config, PRESETS)
 
     def make_update(statistics: dict[int, torch.Tensor]) -> UpdateFn:
         return lambda layer, keys, resid: memit_update(keys, resid, statistics[layer], config.mom2_update_weight)
 
-    edited, info = locate_and_edit(model, tokenizer, requests, context, config, make_update)
+    edited, info = locate_and_edit(model, tokenizer, requests, context, config, make_update, statistics)
     return WeightEditedLM(edited, tokenizer, context.template, {"method": "memit", **info})
