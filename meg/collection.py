@@ -241,11 +241,13 @@ def collect_weights(
     mine = {i: slice(starts[i], starts[i] + config.batch_size) for i in group.mine(len(starts))}
     bar = tqdm(total=len(requests), desc="collect neurons", unit="edit", disable=not progress or not group.main)
     parts: dict[int, CollectionResult] = {}
+    done = succeeded = 0
     with frozen_eval(model):
         for index, rows in mine.items():
             parts[index] = _cached_chunk(cache, model, tokenizer, spec, texts[rows], targets[rows], names[rows], config)
+            done, succeeded = done + len(parts[index].success), succeeded + int(parts[index].success.sum())
             bar.update(len(parts[index].predictions) * group.world)  # the other ranks keep the same pace
-            bar.set_postfix(success=f"{CollectionResult.concat(list(parts.values())).success_rate:.1%}")
+            bar.set_postfix(success=f"{succeeded / done:.1%}")
     bar.close()
     return CollectionResult.concat(group.gather(parts, len(starts)))
 

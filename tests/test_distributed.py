@@ -12,13 +12,13 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import FACTS, NEW_TARGETS, tiny_config, write_edit_files
 
+from meg.benchmarks.scaleout import launch_command
 from meg.distributed import SINGLE, Ranks
 from meg.errors import InputError
 
@@ -77,9 +77,7 @@ def _launch(root: Path, processes: int, *args: str, cache: Path, ok: bool = True
     """`python ARGS` in one process, or under `accelerate launch` in `processes` CPU processes (gloo)."""
     env = {**os.environ, "MEG_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    launcher = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines",
-                "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
-    command = [sys.executable, *(launcher if processes > 1 else []), *args]
+    command = launch_command(processes, list(args))
     result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert (result.returncode == 0) == ok, result.stdout[-3000:] + result.stderr[-3000:]
     return result

@@ -26,7 +26,7 @@ from meg.evaluation.harness import evaluate
 from meg.evaluation.metrics import COLUMNS, MetricTable, aggregate
 from meg.evaluation.report import HEADERS, metric_row
 from meg.errors import InputError
-from meg.evaluation.runner import SCALES_OUT, RunConfig, check_run, edit_context, frozen, prepare_run
+from meg.evaluation.runner import RunConfig, check_run, check_scales_out, edit_context, frozen, prepare_run
 from meg.methods import METHODS, check_config, get_method
 from meg.results import markdown_table, write_results
 
@@ -90,10 +90,7 @@ class BenchConfig:
                              f"({', '.join(self.methods)})")
         for name in self.methods:
             check_config(name, configs.get(name))
-        alone = [m for m in self.methods if m not in SCALES_OUT]
-        if ranks().distributed and alone:
-            raise InputError(f"method(s) {', '.join(alone)} edit in one process; launch them without accelerate "
-                             f"(methods that run on several processes: {', '.join(SCALES_OUT)})")
+        check_scales_out(self.methods)
 
 
 def throughput(lm, prompts: Sequence[str]) -> float:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -60,9 +60,7 @@ def launch_command(processes: int, module_args: list[str]) -> list[str]:
 
 
 def run_setting(setting: Setting, job: dict[str, Any], directory: Path) -> dict[str, Any]:
-    """Launch the worker for `setting` on a fresh work directory; returns its result (seconds, success...)."""
-    shutil.rmtree(directory, ignore_errors=True)
-    directory.mkdir(parents=True)
+    """Launch the worker for `setting` in `directory` (new and empty); returns its result (seconds, success...)."""
     files.atomic_write_json(directory / "job.json", job)
     env = {**os.environ, "OMP_NUM_THREADS": str(setting.threads), "MKL_NUM_THREADS": str(setting.threads)}
     command = launch_command(setting.processes, ["-m", "meg.benchmarks.scaleout", str(directory / "job.json")])
@@ -80,7 +78,8 @@ def measure_scaleout(job: dict[str, Any], settings: list[Setting], repeats: int,
     runs, reference = [], None
     for repeat in range(repeats):
         for setting in settings:
-            directory = work / f"{setting.processes}x{setting.threads}-{repeat}"
+            work.mkdir(parents=True, exist_ok=True)  # a new directory per run: nothing is reused or deleted
+            directory = Path(tempfile.mkdtemp(prefix=f"{setting.processes}x{setting.threads}-{repeat}-", dir=work))
             result = run_setting(setting, job, directory)
             vectors = files.load_tensors(directory / WORKER_VECTORS)["vectors"]
             reference = vectors if reference is None else reference

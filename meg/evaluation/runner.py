@@ -77,6 +77,15 @@ ZSRE_TARGETS = ("new", "true")
 SCALES_OUT = ("meg", "meg-paper", "meg-query", "meg-gate", "knn", "mlp", "unedited")
 
 
+def check_scales_out(methods: Sequence[str]) -> None:
+    """Under `accelerate launch`, refuse methods that edit in one process (before any model loads)."""
+    alone = [m for m in methods if m not in SCALES_OUT]
+    if ranks().distributed and alone:
+        named = ", ".join(map(repr, alone))
+        raise InputError(f"{f'method {named} edits' if len(alone) == 1 else f'methods {named} edit'} in one process; "
+                         f"launch without accelerate (methods that run on several processes: {', '.join(SCALES_OUT)})")
+
+
 def _positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
@@ -250,9 +259,7 @@ def run_edit_and_eval(config: RunConfig, out: str | Path, overwrite: bool = Fals
     started, run_dir = time.perf_counter(), Path(out)
     check_config(config.method, config.method_config)
     apply = get_method(config.method)
-    if ranks().distributed and config.method not in SCALES_OUT:
-        raise InputError(f"method {config.method!r} edits in one process; launch it without accelerate (methods that "
-                         f"run on several processes: {', '.join(SCALES_OUT)})")
+    check_scales_out([config.method])
     dataset = check_run(config, run_dir, overwrite)
     with files.work_lock(run_dir):
         prep = prepare_run(config, run_dir, overwrite, dataset=dataset)
