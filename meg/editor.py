@@ -197,13 +197,14 @@ class MegEditor:
                                          work, progress)
         generator, generator_log = self._generator(config, requests, collection, edit_emb, unrelated_emb, encoder,
                                                    work, progress)
+        requested = config.weights
         config, generator = _weight_source(config, generator, generator_log, int(collection.success.sum()))
         return EditPack(
             config=config, base_model=self.model_name, base_fingerprint=fingerprint(self.model), neuron=spec,
             template=self.template, requests=requests, ids=list(range(len(requests))), collection=collection,
             edit_embeddings=edit_emb, encoder_state=encoder.tuned_state() if config.encoder.tune else None,
             router_fitted=router_fitted, router_state=router_state, generator=generator,
-            history=[history_entry("fit", len(requests))],
+            history=[history_entry("fit", len(requests), weights=requested)],
             log={"stage_seconds": dict(self.seconds), "replaced_duplicates": replaced, "encoder_tuning": tuning,
                  "generator_training": generator_log, "pseudo_pairs": pair_count,
                  "calibration_pairs": len(calibration), "unrelated_queries": len(unrelated),
@@ -275,8 +276,11 @@ class MegEditor:
             collection = _merged(pack.collection, collected, change.vector_from)
         mode, generator, generator_log = self._updated_generator(pack, change, collection, edit_emb, unrelated_emb,
                                                                  encoder, work, progress)
+        if mode in ("fine-tune", "retrain") and pack.weights_requested == "auto":  # as a fit resolves it
+            config, generator = _weight_source(replace(config, weights="auto"), generator, generator_log,
+                                               int(collection.success.sum()))
         entry = history_entry(change.operation, change.count, **change.report(), conflicts=conflicts,
-                              generator=mode, stage_seconds=dict(self.seconds),
+                              generator=mode, weights=config.weights, stage_seconds=dict(self.seconds),
                               **({"collected": int(collected.success.sum()), "collection_rows": len(rows)}
                                  if collected else {}), **_training_summary(generator_log))
         return EditPack(

@@ -9,7 +9,8 @@ what the change needs and nothing more:
   is re-run; the paper's gate is retrained, it memorises the edit set);
 - the generator: fine-tuned from the pack's weights on every current vector (the new ones with a replay of the
   old), or retrained when the new edits are most of the set (`generator_plan`); untouched by a remove, and none
-  for `weights="retrieved"`.
+  for `weights="retrieved"`. A pack fitted with `weights="auto"` falls back to its collected vectors when the
+  trained generator stops reproducing them, as a fit does (the editor resolves it).
 Every edit keeps its integer id; added edits take the pack's `next_id` onwards, and ids are never reused. A
 replaced edit keeps its id (it is the same prompt with a new answer), so `diff` can say "replaced".
 

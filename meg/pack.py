@@ -95,6 +95,13 @@ class EditPack:
     def router_name(self) -> str:
         return self.config.router
 
+    @property
+    def weights_requested(self) -> str:
+        """The weight source asked for when the pack was fitted ("auto" / "generated" / "retrieved"); the config
+        holds the one that was used. Packs saved before it was recorded answer with the one used."""
+        fits = [h for h in self.history if h.get("operation") == "fit" and "weights" in h]
+        return fits[0]["weights"] if fits else self.config.weights
+
     # Lifelong editing returns a NEW pack (this object and its directory stay as they are until the new one is
     # saved); the work needs the base model, so it is done by a `meg.editor.MegEditor` on it (meg/lifelong.py
     # says what each operation recomputes). Options: pseudo_pairs, unrelated, calibration_pairs, work_dir, progress.

@@ -183,6 +183,31 @@ def test_generated_pack_add_fine_tunes_and_remove_keeps_the_generator(generated,
     assert len(EditPack.load(tmp_path / "p0")) == 12
 
 
+def test_an_add_whose_generator_stops_holding_falls_back_as_a_fit_does(generated, fact_gpt2, tokenizer, tmp_path,
+                                                                        monkeypatch, caplog):
+    """weights="auto" is resolved again after every fine-tune: a generator that no longer reproduces its vectors
+    (here: a criterion of 1e-6 that 2 steps cannot reach) gives way to the collected vectors, as in a fit."""
+    monkeypatch.setattr(lifelong, "FINE_TUNE_STEPS", 2)
+    strict = replace(generated.config, generator=replace(generated.config.generator, stop_threshold=1e-6))
+    assert generated.weights_requested == "generated"  # tiny_config asks for the generator's path
+    pack = replace(generated, config=strict, history=[{**generated.history[0], "weights": "auto"}])
+    assert pack.config.weights == "generated"
+    editor = _editor(fact_gpt2, tokenizer, tiny_config())
+    with caplog.at_level(logging.WARNING, logger="meg"):
+        after = pack.add(LATER, editor, **OPTIONS)
+    assert "so the pack answers with the collected vectors" in caplog.text
+    assert after.config.weights == "retrieved" and after.generator is None
+    assert (after.history[-1]["generator"], after.history[-1]["weights"]) == ("fine-tune", "retrieved")
+    assert sum(_answers(fact_gpt2, tokenizer, after, REQUESTS)) >= 15
+    after.save(tmp_path / "p")
+    loaded = EditPack.load(tmp_path / "p")
+    assert loaded.weights_requested == "auto" and loaded.config.weights == "retrieved"
+    assert loaded.remove([0], editor, **OPTIONS).history[-1]["generator"] == "none"  # no generator work any more
+    # A pack fitted with weights="generated" keeps its generator, with a warning, as a fit does.
+    kept = replace(generated, config=strict).add(LATER, editor, **OPTIONS)
+    assert kept.config.weights == "generated" and kept.generator is not None and kept.history[-1]["weights"] == "generated"
+
+
 @pytest.mark.parametrize("name", ["retrieval", "paper-gate"])
 def test_a_format_1_pack_takes_lifelong_operations(name, monkeypatch):
     """The packs meg-edit 0.1.0 wrote (tests/fixtures/format1, ids by line): ids continue after the migrated
