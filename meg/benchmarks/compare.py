@@ -25,9 +25,8 @@ from meg.distributed import ranks
 from meg.evaluation.harness import evaluate
 from meg.evaluation.metrics import COLUMNS, MetricTable, aggregate
 from meg.evaluation.report import HEADERS, metric_row
-from meg.errors import InputError
 from meg.evaluation.runner import RunConfig, check_run, check_scales_out, edit_context, frozen, prepare_run
-from meg.methods import METHODS, check_config, get_method
+from meg.methods import METHODS, check_methods, get_method
 from meg.results import markdown_table, write_results
 
 
@@ -73,23 +72,7 @@ class BenchConfig:
 
     def __post_init__(self) -> None:
         """The methods and their configs, checked before any model is loaded."""
-        if isinstance(self.methods, str) or not isinstance(self.methods, tuple | list):
-            raise InputError(f"methods must be a list of method names, got {self.methods!r}")
-        if not self.methods:
-            raise InputError(f"give at least one method; choose from {', '.join(METHODS)}")
-        repeated = sorted({m for m in self.methods if self.methods.count(m) > 1})
-        if repeated:
-            raise InputError(f"method(s) {', '.join(repeated)} given more than once")
-        configs = self.method_configs or {}
-        if not isinstance(configs, dict):
-            raise InputError(f"the method configs must be a JSON object {{method: {{fields}}}}, got "
-                             f"{type(configs).__name__}")
-        extra = sorted(set(configs) - set(self.methods))
-        if extra:
-            raise InputError(f"configs given for method(s) {', '.join(map(str, extra))}, which are not benched "
-                             f"({', '.join(self.methods)})")
-        for name in self.methods:
-            check_config(name, configs.get(name))
+        check_methods(self.methods, self.method_configs, tuple(METHODS), "bench")
         check_scales_out(self.methods)
 
 

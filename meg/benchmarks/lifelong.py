@@ -52,7 +52,7 @@ from meg.evaluation.harness import evaluate
 from meg.evaluation.metrics import COLUMNS, MetricTable, aggregate
 from meg.evaluation.report import HEADERS, metric_row
 from meg.evaluation.runner import PreparedRun, RunConfig, check_run, edit_context, frozen, prepare_run, read_dataset
-from meg.methods import check_config
+from meg.methods import check_methods
 from meg.methods.base import EditContext, EditedLM
 from meg.methods.meg_method import meg_config
 from meg.methods.unedited import PlainLM
@@ -91,26 +91,7 @@ class LifelongConfig:
         for option, value in (("--rounds", self.rounds), ("--per-round", self.per_round)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InputError(f"{option} must be an integer >= 1, got {value!r}")
-        if isinstance(self.methods, str) or not isinstance(self.methods, tuple | list) or not self.methods:
-            raise InputError(f"--methods must name at least one of {', '.join(METHODS)}, got {self.methods!r}")
-        for name in self.methods:
-            if name not in METHODS:
-                raise InputError(f"--methods: {name!r} is not a method of bench-lifelong; choose from "
-                                 f"{', '.join(METHODS)}")
-        repeated = sorted({m for m in self.methods if list(self.methods).count(m) > 1})
-        if repeated:
-            raise InputError(f"--methods: {', '.join(repeated)} given more than once")
-        configs = self.method_configs or {}
-        if not isinstance(configs, dict):
-            raise InputError(f"the method configs must be a JSON object {{method: {{fields}}}}, got "
-                             f"{type(configs).__name__}")
-        configured = {configured_as(m) for m in self.methods}
-        extra = sorted(set(configs) - configured)
-        if extra:
-            raise InputError(f"configs given for method(s) {', '.join(map(str, extra))}, which are not benched "
-                             f"({', '.join(self.methods)})")
-        for name in sorted(configured):
-            check_config(name, configs.get(name))
+        check_methods(self.methods, self.method_configs, METHODS, "bench-lifelong", configured_as)
 
     @property
     def edits(self) -> int:

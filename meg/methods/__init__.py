@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Sequence
 
 from meg.errors import InputError
 from meg.methods.base import ApplyFn, EditContext, EditedLM
@@ -47,6 +48,32 @@ def check_config(name: str, config: object) -> None:
                          f"{type(config).__name__}")
     if isinstance(config, dict):
         MegConfig.from_dict(config)
+
+
+def check_methods(methods: object, configs: object, allowed: Sequence[str] = tuple(METHODS), command: str = "",
+                  configured_as: Callable[[str], str] = lambda name: name) -> None:
+    """The one check of a benchmark's `--methods` and its configs ({method: config}), before any model is loaded:
+    at least one method, each in `allowed` (the methods of `command`) and named once, configs only for benched
+    methods (`configured_as`: the method whose config a method takes), each config valid (`check_config`)."""
+    if isinstance(methods, str) or not isinstance(methods, tuple | list) or not methods:
+        raise InputError(f"--methods must name at least one method; choose from {', '.join(allowed)}, got {methods!r}")
+    for name in methods:
+        if name not in allowed:
+            raise InputError(f"--methods: {name!r} is not a method of {command or 'this command'}; choose from "
+                             f"{', '.join(allowed)}")
+    repeated = sorted({m for m in methods if list(methods).count(m) > 1})
+    if repeated:
+        raise InputError(f"--methods: {', '.join(repeated)} given more than once")
+    configs = configs or {}
+    if not isinstance(configs, dict):
+        raise InputError(f"the method configs must be a JSON object {{method: {{fields}}}}, got {type(configs).__name__}")
+    configured = {configured_as(m) for m in methods}
+    extra = sorted(set(configs) - configured)
+    if extra:
+        raise InputError(f"configs given for method(s) {', '.join(map(str, extra))}, which are not benched "
+                         f"({', '.join(methods)})")
+    for name in sorted(configured):
+        check_config(name, configs.get(name))
 
 
 def get_method(name: str) -> ApplyFn:
