@@ -41,7 +41,7 @@ from meg.models import fingerprint, same_model
 from meg.pack import EditPack, history_entry
 from meg.prompts import PromptTemplate, answers_match
 from meg.pseudo_edits import split_pairs
-from meg.requests import EditRequest, PseudoPair, deduplicate
+from meg.requests import EditRequest, NegativePair, PseudoPair, deduplicate
 from meg.routing import RoutingData, router_class
 from meg.surgery import neuron_spec
 
@@ -162,8 +162,11 @@ class MegEditor:
         work_dir: str | Path | None = None,
         progress: bool = True,
         calibration_pairs: Sequence[PseudoPair] | None = None,
+        negative_pairs: Sequence[NegativePair] | None = None,
     ) -> EditPack:
-        """Run the four stages. `pseudo_pairs` / `unrelated` default to the shipped public sets.
+        """Run the four stages. `pseudo_pairs` / `unrelated` default to the shipped public sets; `negative_pairs`
+        (same-subject, other-relation question pairs) train the default router's verifier, None = the shipped
+        ones (benchmarks on KnowEdit's wiki files give `meg.data.defaults.held_out_negatives`).
 
         The encoder (and the default router's verifier) are tuned on the pseudo pairs minus a held-out split,
         whatever the edits are, so the shipped tuned layers serve every edit set under the default settings; pairs
@@ -188,7 +191,7 @@ class MegEditor:
             unrelated_emb = encoder.encode(list(unrelated), progress=progress and group.main)  # (M, C)
         with self._stage("router"):
             data = RoutingData([r.prompt for r in requests], edit_emb, [r.subject for r in requests], list(unrelated),
-                               unrelated_emb, calibration, tune_pairs, encoder.encode, work)
+                               unrelated_emb, calibration, tune_pairs, encoder.encode, work, negative_pairs)
             router_fitted, router_state = _on_main(
                 lambda: _router_parts(router_class(config.router).fit(data, config.router_config(), progress=progress)))
         spec = neuron_spec(self.model, config.layer)

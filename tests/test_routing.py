@@ -66,6 +66,18 @@ def test_approximate_naming_is_a_fallback_for_bent_subjects():
     assert trigrams("Java") == {" ja", "jav", "ava", "va "}
 
 
+def test_approximate_naming_bends_a_word_end_not_its_start():
+    """The false namings trigram coverage over the whole query made (docs/LOG.md, 2026-12-01): each subject word
+    must be bent into one query word with the same start, at most two letters longer."""
+    subjects = ["Tizen", "Langu", "D♭", "Re!", "Thor", "Mechthild", "Posio"]
+    index = SubjectIndex(subjects, [f"{s} is" for s in subjects], min_coverage=0.8)
+    false = ["Ralph Steinman, who is a citizen of", "The original language of Pee Mak is",
+             "Clifford D. Simak passed away in", "Re di Roma metro station is located in",
+             "who is the author of delta of venus", "The position of Posi is"]
+    assert index.named_in(false) == [[]] * len(false)
+    assert index.named_in(["Who was Mechthildi's Austrian father?", "Tizens run on", "the Posioo lake"]) == [[5], [0], [6]]
+
+
 def test_each_candidate_is_compared_with_the_sentence_naming_its_own_subject():
     encode = fake_encoder()
     subjects, prompts = ["Rome", "Howard Glacier"], ["Rome is the capital of", "Howard Glacier is in"]
@@ -297,6 +309,40 @@ def test_paraphrases_of_a_fact_edited_twice_count_for_their_fact():
     routes = {"edits": paraphrases, "paraphrases": paraphrases, "locality": paraphrases}
     out = rates(routes, facts=facts)
     assert out["paraphrase_own"] == 25.0 and out["paraphrase_own_fact"] == 50.0
+
+
+def test_route_bench_scores_paraphrases_where_given_and_leaves_out_negatives_about_its_edits(tmp_path):
+    """KnowEdit's WikiData files have no paraphrases (the paraphrase rates are None and show as "-"), and their
+    (edit prompt, locality prompt) pairs are shipped verifier negatives, which a benchmark on them must not use."""
+    from meg.benchmarks.routing import query_sets, rates, usable_requests, write_route_bench
+    from meg.data.defaults import held_out_negatives
+    from meg.data.defaults import default_negative_pairs
+    from meg.requests import EditRequest
+    from meg.routing import Routes
+
+    shipped = default_negative_pairs()[0]
+    requests = [EditRequest(shipped.question, "X", shipped.subject, unrelated=(shipped.other,)),
+                EditRequest("Who wrote Hamlet?", "Y", "Hamlet", ("Hamlet was written by whom?",), ("Who sang?",)),
+                EditRequest("No locality here", "Z", "Here")]
+    usable = usable_requests(requests)
+    assert usable == requests[:2]
+    negatives = held_out_negatives(usable)
+    assert shipped not in negatives and len(negatives) == len(default_negative_pairs()) - 1
+    sets = query_sets(usable)
+    assert sets.paraphrases == ["Hamlet was written by whom?"] and sets.paraphrase_rows == [1]
+    two = Routes(torch.tensor([True, True]), torch.tensor([0, 1]), torch.zeros(2))
+    one = Routes(torch.tensor([True]), torch.tensor([1]), torch.zeros(1))
+    assert rates({"edits": two, "paraphrases": one, "locality": two}, paraphrase_rows=[1])["paraphrase_own"] == 100.0
+    empty = Routes(torch.zeros(0, dtype=torch.bool), torch.zeros(0, dtype=torch.long), torch.zeros(0))
+    out = rates({"edits": two, "paraphrases": empty, "locality": two}, paraphrase_rows=[])
+    assert out["paraphrase_own"] is None and out["edit_own"] == 100.0
+    point = {**out, "locality_routed_clean": 50.0}
+    bench = {"n": 2, "calibration_queries": 0, "pseudo_pairs": 0, "conflicting_locality": 1,
+             "variants": {"retrieval/hard": {"operating_point": point, "curve": [{**point, "threshold": 0.5}],
+                                             "fit_seconds": 1.0, "variant": {"label": "x"}}}}
+    write_route_bench(tmp_path, "routing-wiki-2", bench, {"command": "c", "data": "wiki"})
+    row = next(line for line in (tmp_path / "routing-wiki-2.md").read_text().splitlines() if "retrieval/hard" in line)
+    assert "| 100.0 | - | - | 100.0 | 50.0 |" in row
 
 
 @pytest.mark.parametrize("prompt, subject", [

@@ -130,7 +130,7 @@ class MegRounds:
         c = self.context
         if pack is None:
             return self.editor.fit(requests, c.pseudo_pairs or None, c.unrelated or None, c.work_dir, c.progress,
-                                   calibration_pairs=c.calibration_pairs)
+                                   calibration_pairs=c.calibration_pairs, negative_pairs=c.negative_pairs)
         return self.editor.add(pack, requests, c.pseudo_pairs or None, c.unrelated or None, c.work_dir, c.progress,
                                calibration_pairs=c.calibration_pairs)
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from meg.data.defaults import held_out_negatives
 from meg.encoder import EncoderConfig, tuned_encoder
 from meg.gate import GateConfig
 from meg.prompts import normalize_answer
@@ -126,16 +127,19 @@ def _settings(variant: RouterVariant, calibration_pairs: int = 0) -> dict[str, A
 
 @dataclass
 class QuerySets:
-    """The three scored query sets (row i belongs to edit i) and their embeddings."""
+    """The scored query sets: edit prompts and locality prompts (row i belongs to edit i), and the first
+    paraphrase of the edits that have one (`paraphrase_rows`: their edit rows)."""
 
     edits: list[str]
     paraphrases: list[str]
     locality: list[str]
+    paraphrase_rows: list[int]
 
 
 def query_sets(requests: Sequence[EditRequest]) -> QuerySets:
-    return QuerySets([r.prompt for r in requests], [r.paraphrases[0] for r in requests],
-                     [r.unrelated[0] for r in requests])
+    rows = [i for i, r in enumerate(requests) if r.paraphrases]
+    return QuerySets([r.prompt for r in requests], [requests[i].paraphrases[0] for i in rows],
+                     [r.unrelated[0] for r in requests], rows)
 
 
 def conflicting_locality(requests: Sequence[EditRequest]) -> torch.Tensor:
@@ -173,32 +177,38 @@ def fact_groups(requests: Sequence[EditRequest]) -> torch.Tensor:
     return torch.tensor(groups, dtype=torch.long)
 
 
-def rates(routes: dict[str, Routes], conflicting: torch.Tensor | None = None,
-          facts: torch.Tensor | None = None) -> dict[str, float]:
+def rates(routes: dict[str, Routes], conflicting: torch.Tensor | None = None, facts: torch.Tensor | None = None,
+          paraphrase_rows: Sequence[int] | None = None) -> dict[str, float | None]:
     """Percentages: edit prompts / paraphrases routed to their OWN edit, locality prompts routed at all; with
     `conflicting` (N,), also the locality prompts routed among the clean (non-conflicting) ones; with `facts`
-    (N,), also the paraphrases routed to an edit of their own fact (their edit or a duplicate of it)."""
-    own = {}
-    for name in ("edits", "paraphrases"):
-        r = routes[name]
-        own[name] = 100.0 * float((r.routed & (r.edit == torch.arange(len(r.edit)))).double().mean())
-    out = {"edit_own": own["edits"], "paraphrase_own": own["paraphrases"],
-           "locality_routed": 100.0 * float(routes["locality"].routed.double().mean())}
-    if facts is not None:
-        r = routes["paraphrases"]
-        same = r.routed & (facts[r.edit.clamp_min(0)] == facts)
-        out["paraphrase_own_fact"] = 100.0 * float(same.double().mean())
+    (N,), also the paraphrases routed to an edit of their own fact (their edit or a duplicate of it).
+    `paraphrase_rows`: the edit row of each paraphrase (default: row i is edit i's); None rates when there are
+    no paraphrases (KnowEdit's WikiData files have none)."""
+    edits = routes["edits"]
+    out = {"edit_own": 100.0 * float((edits.routed & (edits.edit == torch.arange(len(edits.edit)))).double().mean()),
+           "locality_routed": 100.0 * float(routes["locality"].routed.double().mean()), "paraphrase_own": None}
+    r = routes["paraphrases"]
+    own = torch.arange(len(r.edit)) if paraphrase_rows is None else torch.as_tensor(paraphrase_rows, dtype=torch.long)
+    if len(own):
+        out["paraphrase_own"] = 100.0 * float((r.routed & (r.edit == own)).double().mean())
+        if facts is not None:
+            same = r.routed & (facts[r.edit.clamp_min(0)] == facts[own])
+            out["paraphrase_own_fact"] = 100.0 * float(same.double().mean())
     if conflicting is not None and bool((~conflicting).any()):
         out["locality_routed_clean"] = 100.0 * float(routes["locality"].routed[~conflicting].double().mean())
     return out
 
 
 def _measure(router, sets: QuerySets, embed, conflicting: torch.Tensor, facts: torch.Tensor) -> dict[str, Any]:
-    texts = {"edits": sets.edits, "paraphrases": sets.paraphrases, "locality": sets.locality}
+    texts = {name: t for name, t in (("edits", sets.edits), ("paraphrases", sets.paraphrases),
+                                     ("locality", sets.locality)) if t}
     emb = {name: embed(t) for name, t in texts.items()}
-    point = rates({name: router.route(texts[name], emb[name]) for name in texts}, conflicting, facts)
+    none = Routes(torch.zeros(0, dtype=torch.bool), torch.zeros(0, dtype=torch.long), torch.zeros(0))
+    point = rates({"paraphrases": none, **{name: router.route(texts[name], emb[name]) for name in texts}},
+                  conflicting, facts, sets.paraphrase_rows)
     curves = {name: router.curve(texts[name], emb[name]) for name in texts}
-    curve = [{"threshold": value, **rates({name: curves[name][i][1] for name in texts}, conflicting, facts)}
+    curve = [{"threshold": value, **rates({"paraphrases": none, **{name: curves[name][i][1] for name in texts}},
+                                          conflicting, facts, sets.paraphrase_rows)}
              for i, (value, _) in enumerate(curves["edits"])]
     return {"operating_point": point, "curve": curve}
 
@@ -216,7 +226,8 @@ def bench_variant(variant: RouterVariant, requests: Sequence[EditRequest], pairs
     embed = lambda texts: encoder.encode(list(texts), progress=False)  # noqa: E731 (a one-line closure)
     edits = requests if variant.use_subjects else [replace(r, subject=None) for r in requests]
     data = RoutingData([r.prompt for r in edits], embed([r.prompt for r in edits]), [r.subject for r in edits],
-                       list(unrelated), embed(unrelated), calibration_pairs, tune_pairs, embed, work)
+                       list(unrelated), embed(unrelated), calibration_pairs, tune_pairs, embed, work,
+                       held_out_negatives(list(requests)))
     gate = GateConfig.from_dict({**GateConfig().to_dict(), **(variant.gate_config or {})})
     fit_start = time.perf_counter()
     router = router_class(variant.router).fit(data, gate if variant.router == "paper-gate" else retrieval, progress)
@@ -231,8 +242,8 @@ def bench_variant(variant: RouterVariant, requests: Sequence[EditRequest], pairs
 
 
 def usable_requests(requests: Sequence[EditRequest]) -> list[EditRequest]:
-    """The requests route-bench scores: those with a paraphrase and an unrelated prompt."""
-    return [r for r in requests if r.paraphrases and r.unrelated]
+    """The requests route-bench scores: those with an unrelated prompt (paraphrases are scored where given)."""
+    return [r for r in requests if r.unrelated]
 
 
 def route_bench(requests: Sequence[EditRequest], variants: Sequence[str], pairs: Sequence[PseudoPair],
@@ -241,7 +252,7 @@ def route_bench(requests: Sequence[EditRequest], variants: Sequence[str], pairs:
                 checkpoint: Callable[[dict[str, Any]], None] | None = None,
                 stamp: dict[str, Any] | None = None, fresh: bool = False,
                 calibration: Sequence[PseudoPair] = ()) -> dict[str, Any]:
-    """Every variant on the same edits; requests lacking a paraphrase or an unrelated prompt are skipped.
+    """Every variant on the same edits; requests lacking an unrelated prompt are skipped.
 
     `previous` holds variant results of an earlier run on the same edits (a results file's "variants"): a
     requested variant found there with the same definition is not measured again, and the others are kept, so
@@ -250,7 +261,8 @@ def route_bench(requests: Sequence[EditRequest], variants: Sequence[str], pairs:
     stored with each variant measured now.
     """
     usable = usable_requests(requests)
-    taken = {r.prompt for r in usable} | {r.paraphrases[0] for r in usable} | {r.unrelated[0] for r in usable}
+    taken = {r.prompt for r in usable} | {r.paraphrases[0] for r in usable if r.paraphrases}
+    taken |= {r.unrelated[0] for r in usable}
     pairs = [p for p in pairs if p.question not in taken and p.paraphrase not in taken]
     calibration = [p for p in calibration if p.question not in taken and p.paraphrase not in taken]
     unrelated = [q for q in unrelated if q not in taken]
@@ -287,15 +299,19 @@ def _calibration_pairs(result: dict[str, Any]) -> str:
     return "-" if count is None else str(count)
 
 
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
 def write_route_bench(out_dir: str | Path, name: str, bench: dict[str, Any], setup: dict[str, Any]) -> dict[str, Path]:
     rows = []
     for key, result in bench["variants"].items():
         p = result["operating_point"]
         optional = [p.get(k) for k in ("paraphrase_own_fact", "locality_routed_clean")]
         label = VARIANTS[key].label if key in VARIANTS else result["variant"]["label"]  # today's wording
-        rows.append([key, label, f"{p['edit_own']:.1f}", f"{p['paraphrase_own']:.1f}",
-                     *("-" if v is None else f"{v:.1f}" for v in optional[:1]), f"{p['locality_routed']:.1f}",
-                     *("-" if v is None else f"{v:.1f}" for v in optional[1:]), _calibration_pairs(result),
+        rows.append([key, label, f"{p['edit_own']:.1f}", _percent(p.get("paraphrase_own")),
+                     _percent(optional[0]), f"{p['locality_routed']:.1f}", _percent(optional[1]),
+                     _calibration_pairs(result),
                      result.get("measured", "-"), result["fit_seconds"]])
     table = markdown_table(["router", "setting", "edit prompts -> own edit %", "paraphrases -> own edit %",
                             "paraphrases -> own fact %", "locality routed %", "clean locality routed %",
@@ -319,14 +335,16 @@ def write_route_bench(out_dir: str | Path, name: str, bench: dict[str, Any], set
 
     def draw(axes) -> None:
         x = "locality_routed_clean" if bench.get("conflicting_locality") else "locality_routed"
+        y = "paraphrase_own" if all(r["operating_point"].get("paraphrase_own") is not None
+                                    for r in bench["variants"].values()) else "edit_own"
         for key, result in bench["variants"].items():
             curve = result["curve"]
-            axes.plot([c[x] for c in curve], [c["paraphrase_own"] for c in curve], label=key)
+            axes.plot([c[x] for c in curve], [c[y] for c in curve], label=key)
             p = result["operating_point"]
-            axes.scatter([p[x]], [p["paraphrase_own"]], marker="o")
+            axes.scatter([p[x]], [p[y]], marker="o")
         axes.axvline(2.0, color="grey", linestyle=":", linewidth=1)
         axes.set_xlabel("clean locality prompts routed (%)" if x.endswith("clean") else "locality prompts routed (%)")
-        axes.set_ylabel("paraphrases routed to their own edit (%)")
+        axes.set_ylabel(f"{'paraphrases' if y == 'paraphrase_own' else 'edit prompts'} routed to their own edit (%)")
         axes.set_xscale("symlog", linthresh=1.0)
         axes.set_xlim(left=0)
         axes.legend(fontsize=7)

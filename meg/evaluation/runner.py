@@ -20,7 +20,7 @@ from typing import Any
 
 from meg import files
 from meg.data import Dataset, load_dataset, template_for
-from meg.data.defaults import default_pseudo_pairs, default_unrelated, demo_dataset
+from meg.data.defaults import default_pseudo_pairs, default_unrelated, demo_dataset, held_out_negatives
 from meg.decoding import MAX_NEW_TOKENS
 from meg.distributed import ranks
 from meg.errors import InputError
@@ -140,7 +140,8 @@ def select_records(dataset: Dataset, config: RunConfig, base: PlainLM, cache: Pa
 def edit_context(config: RunConfig, dataset: Dataset, run_dir: Path) -> EditContext:
     pairs = load_pseudo_pairs(config.pseudo_pairs) if config.pseudo_pairs else default_pseudo_pairs()
     unrelated = load_queries(config.unrelated) if config.unrelated else default_unrelated()
-    return EditContext(template=dataset.template, pseudo_pairs=pairs, unrelated=unrelated, work_dir=run_dir / "work",
+    return EditContext(template=dataset.template, pseudo_pairs=pairs, unrelated=unrelated,
+                       negative_pairs=held_out_negatives(dataset.requests), work_dir=run_dir / "work",
                        config=config.method_config, seed=config.seed)
 
 

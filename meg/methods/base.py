@@ -17,7 +17,7 @@ from transformers import PreTrainedTokenizerBase
 
 from meg.decoding import MAX_NEW_TOKENS
 from meg.prompts import PromptTemplate
-from meg.requests import EditRequest, PseudoPair
+from meg.requests import EditRequest, NegativePair, PseudoPair
 
 
 @runtime_checkable
@@ -47,14 +47,15 @@ class EditContext:
 
     `pseudo_pairs` and `unrelated` come from data disjoint from the edits (the paper's pseudo-edit set and
     unrelated queries); `calibration_pairs` are more such pairs used only to calibrate a router (None = the
-    shipped ones); `work_dir` holds resumable intermediate files; `config` is the method's own settings object
-    (None = its defaults).
+    shipped ones); `negative_pairs` train a router's verifier (None = the shipped ones); `work_dir` holds
+    resumable intermediate files; `config` is the method's own settings object (None = its defaults).
     """
 
     template: PromptTemplate = field(default_factory=PromptTemplate)
     pseudo_pairs: Sequence[PseudoPair] = ()
     unrelated: Sequence[str] = ()
     calibration_pairs: Sequence[PseudoPair] | None = None
+    negative_pairs: Sequence[NegativePair] | None = None
     work_dir: Path | None = None
     config: Any = None
     layer: int | None = None

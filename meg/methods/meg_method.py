@@ -59,13 +59,16 @@ def apply_meg(
     # The pairs and queries calibrate the router: a pack fitted on other ones is not reused.
     data = [[asdict(p) for p in context.pseudo_pairs], list(context.unrelated),
             None if context.calibration_pairs is None else [asdict(p) for p in context.calibration_pairs]]
+    if context.negative_pairs is not None:  # (only then: keys of packs fitted with the shipped ones stay)
+        data.append([asdict(n) for n in context.negative_pairs])
     key = digest(config.to_dict(), context.template.text, [r.to_json() for r in requests], data)
     pack_dir = Path(context.work_dir) / f"pack-{key}" if context.work_dir else None
     editor = MegEditor(model, tokenizer, config, context.template)
     pack = _reusable(pack_dir, editor, requests) if pack_dir else None
     if pack is None:
         pack = editor.fit(requests, context.pseudo_pairs or None, context.unrelated or None, context.work_dir,
-                          context.progress, calibration_pairs=context.calibration_pairs)
+                          context.progress, calibration_pairs=context.calibration_pairs,
+                          negative_pairs=context.negative_pairs)
         group = ranks()
         if pack_dir and group.main:  # under `accelerate launch` rank 0 writes, the others wait for the pack
             pack.save(pack_dir, overwrite=True)

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Protocol
 
 import torch
 
-from meg.requests import PseudoPair
+from meg.requests import NegativePair, PseudoPair
 
 
 @dataclass
@@ -47,7 +47,8 @@ class RoutingData:
     pseudo_pairs: (question, paraphrase) pairs held out from encoder tuning, for calibration;
     training_pairs: the pairs the encoder was tuned on (for routers that train more);
     encode: the tuned encoder's `encode`, for routers that embed more texts;
-    work: a work directory where routers may cache what they train.
+    work: a work directory where routers may cache what they train;
+    negative_pairs: same-subject, other-relation question pairs for a router's verifier (None: the shipped ones).
     """
 
     edit_queries: list[str]
@@ -59,6 +60,7 @@ class RoutingData:
     training_pairs: Sequence[PseudoPair] = ()
     encode: Encode | None = None
     work: Path | None = None
+    negative_pairs: Sequence[NegativePair] | None = None
 
 
 class Router(Protocol):

@@ -328,8 +328,9 @@ class RetrievalRouter:
         if config.verifier is not None:
             from meg.data.defaults import default_negative_pairs
 
-            verifier, verifier_log = trained_verifier(config.verifier, data.training_pairs, default_negative_pairs(),
-                                                      data.work, progress)
+            negatives = default_negative_pairs() if data.negative_pairs is None else data.negative_pairs
+            verifier, verifier_log = trained_verifier(config.verifier, data.training_pairs, negatives, data.work,
+                                                      progress)
         return cls._calibrated(data, config, verifier, verifier_log)
 
     def refit(self, data: RoutingData, progress: bool = True) -> RetrievalRouter:

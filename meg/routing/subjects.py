@@ -1,11 +1,21 @@
 """Which edited subjects a query names: exact whole-word matches, and (optionally) approximate ones.
 
 Exact: the subject's lower-cased word/punctuation tokens appear as a contiguous run in the query's.
-Approximate: most of the subject's character trigrams (taken word by word, so word order does not matter) appear
-in the query. Measured on KnowEdit's ZsRE test file: 85 of 1,304 paraphrases do not contain their subject
-verbatim, because the paraphraser bent it ("Derek Whiteheads team", "the Mahabad Republic", "Mechthildi's
-Austrian father"); trigram coverage recovers most of them. A candidate found either way still has to pass
-the router's similarity check, so approximate naming only widens the candidate set.
+Approximate: each of the subject's words is bent into one word of the query, in any order: a query word that
+starts with the same letter, is at most `_MAX_SUFFIX` letters longer, and shares character trigrams with it
+(Dice >= `_WORD_DICE`), the words' shared trigrams covering `min_coverage` of the subject's. Measured on KnowEdit's
+ZsRE test file: 85 of 1,304 paraphrases do not contain their subject verbatim, because the paraphraser bent it
+("Derek Whiteheads team", "the Mahabad Republic", "Mechthildi's Austrian father"); paraphrasers bend a name's
+end, not its start. A candidate found either way still has to pass the router's similarity check, so
+approximate naming only widens the candidate set, and every query it widens pays the verifier.
+
+Word anchoring replaced trigram coverage over the whole query (docs/LOG.md, 2026-12-01 "approximate subject
+naming"): coverage alone let "citizen" name "Tizen", "author" "Thor", "language" "Langu" and any query with the
+word "d" name "D♭". On the first 2,048 CounterFact edits, KnowEdit ZsRE test, recent and WikiData counterfact,
+prompts that named some subject only approximately (the shipped unrelated queries and each set's locality
+prompts) fell from 120 / 8 / 123 / 7 to 18 / 0 / 13 / 1, while ZsRE paraphrases naming their own subject only
+approximately went from 54 to 52. Subjects with fewer than `_MIN_APPROXIMATE` letters ("Re!", "U2") are named
+exactly or not at all.
 """
 
 from __future__ import annotations
@@ -20,7 +30,9 @@ _WORD = re.compile(r"\w+|[^\w\s]")
 _ALNUM = re.compile(r"\w+")
 _SENTENCE_END = re.compile(r"[.!?]\s|\n")
 _CHUNK = 256  # texts per sparse product in approximate matching
-_WORD_COVERAGE = 0.5  # approximate naming: share of each subject word's trigrams the text must contain
+_WORD_DICE = 0.5  # approximate naming: trigram Dice of a subject word and the query word it was bent into
+_MAX_SUFFIX = 2  # ... which may be at most this many letters longer ("Whitehead" -> "Whiteheads", not "Langu" -> "language")
+_MIN_APPROXIMATE = 4  # letters a subject needs (connectors aside) to be named approximately at all
 
 
 def words(text: str) -> tuple[str, ...]:
@@ -45,11 +57,25 @@ def without_subject(text: str, subject: str) -> str:
 
 def trigrams(text: str) -> set[str]:
     """Character trigrams of each lower-cased word padded with spaces ("java" -> " ja", "jav", "ava", "va ")."""
-    grams: set[str] = set()
-    for word in _ALNUM.findall(text.lower()):
-        padded = f" {word} "
-        grams.update(padded[i : i + 3] for i in range(len(padded) - 2))
-    return grams
+    return set().union(*map(_word_trigrams, _ALNUM.findall(text.lower())))
+
+
+def _word_trigrams(word: str) -> set[str]:
+    padded = f" {word} "
+    return {padded[i : i + 3] for i in range(len(padded) - 2)}
+
+
+def _bent_into(word: str, grams: set[str], text_words: Sequence[str]) -> int:
+    """Trigrams `word` shares with the query word it was bent into (0: none is close enough, see module doc)."""
+    best = 0
+    for other in text_words:
+        if other[:1] != word[:1] or len(other) - len(word) > _MAX_SUFFIX:
+            continue
+        other_grams = _word_trigrams(other)
+        shared = len(grams & other_grams)
+        if 2 * shared >= _WORD_DICE * (len(grams) + len(other_grams)):
+            best = max(best, shared)
+    return best
 
 
 _TOKEN = re.compile(r"\S+")
@@ -118,9 +144,9 @@ class SubjectIndex:
     Only edits whose own prompt names their subject are indexed: the others cannot be verified by subject.
     `min_coverage` (None = exact matching only) is the share of a subject's trigrams a text must contain to
     name it approximately; each of the subject's words (connectors such as "of" aside: a paraphraser drops them)
-    must also keep half of its own trigrams, so "Renault 12"
-    does not name "Renault 5", nor "Microsoft Office 2010" "Microsoft Office XP" (the word that tells such
-    subjects apart is short and would otherwise be outvoted).
+    must also be bent into one of the text's words (module doc), so "Renault 12" does not name "Renault 5", nor
+    "Microsoft Office 2010" "Microsoft Office XP" (the word that tells such subjects apart is short and would
+    otherwise be outvoted).
     """
 
     def __init__(self, subjects: Sequence[str | None], prompts: Sequence[str], min_coverage: float | None = None):
@@ -135,8 +161,8 @@ class SubjectIndex:
         self._vocab: dict[str, int] = {}
         self._subject_grams = self._grams([subjects[i] or "" for i in self.indexed], grow=True)  # (S, V)
         self._sizes = np.asarray(self._subject_grams.sum(axis=1)).ravel()  # (S,) trigrams per subject
-        self._word_grams = [[trigrams(w) for w in _ALNUM.findall((subjects[i] or "").lower()) if w not in _CONNECTORS]
-                            for i in self.indexed]
+        self._words = [[(w, _word_trigrams(w)) for w in _ALNUM.findall((subjects[i] or "").lower())
+                        if w not in _CONNECTORS] for i in self.indexed]
 
     def __len__(self) -> int:
         return len(self.indexed)
@@ -170,12 +196,17 @@ class SubjectIndex:
                 shared = (self._grams([texts[i] for i in rows]) @ self._subject_grams.T).tocoo()  # (b, S)
                 covered = shared.data >= self.min_coverage * self._sizes[shared.col]  # (nnz,)
                 for row, col in zip(shared.row[covered], shared.col[covered]):
-                    if self._every_word_kept(trigrams(texts[rows[row]]), col):
+                    if self._bent(_ALNUM.findall(texts[rows[row]].lower()), col):
                         found[rows[row]].add(self.indexed[col])
         return [sorted(f) for f in found]
 
-    def _every_word_kept(self, text_grams: set[str], subject_row: int) -> bool:
-        return all(len(g & text_grams) >= _WORD_COVERAGE * len(g) for g in self._word_grams[subject_row])
+    def _bent(self, text_words: list[str], subject_row: int) -> bool:
+        """Whether every word of subject `subject_row` is bent into a word of the text, covering enough of it."""
+        subject = self._words[subject_row]
+        if sum(len(w) for w, _ in subject) < _MIN_APPROXIMATE:
+            return False
+        shared = [_bent_into(w, grams, text_words) for w, grams in subject]
+        return all(shared) and sum(shared) >= self.min_coverage * sum(len(g) for _, g in subject)
 
     def edits_named_in(self, text: str) -> list[int]:
         """`named_in` for one text."""
