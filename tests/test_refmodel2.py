@@ -173,6 +173,12 @@ def test_reference_2_name(monkeypatch, tmp_path):
         (tmp_path / "reference-2").mkdir()
         (tmp_path / "reference-2" / "config.json").write_text("{}")
         assert reference_model_path("reference-2") == tmp_path / "reference-2"  # trained into the user cache
+    else:  # shipped (docs/results/step1-reference-2.md measures it): found first, and it loads by name
+        from meg.models import load_causal_lm
+
+        assert reference_model_path("reference-2") == shipped
+        model, tokenizer = load_causal_lm("reference-2")
+        assert model.config.n_layer == 10 and len(tokenizer) == model.config.vocab_size == 8192
     assert reference_model_path() == REPO / "meg" / "assets" / "reference-model"
     with pytest.raises(InputError, match="unknown reference model"):
         reference_model_path("reference-3")
