@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 
 import pytest
 import torch
@@ -240,3 +241,30 @@ def test_the_verifier_reads_only_rows_whose_route_it_can_change(monkeypatch):
     assert 0 < full.routed.sum() < 30 and sum(seen) < 30  # some rows were decided by their cosine alone
     routes, _ = router.route_texts(queries, encode)
     assert torch.equal(routes.routed, full.routed) and torch.equal(routes.edit, full.edit)
+
+
+def test_a_verifier_veto_stops_a_high_cosine_the_blend_would_route(monkeypatch):
+    """verifier_veto: the blend lets a near-identical cosine route whatever the verifier says (KnowEdit's "the
+    father of X" against the edit "the mother of X", docs/LOG.md 2026-12-01); with the veto, a candidate whose
+    verdict is under the held-out pairs' quantile is never routed, and the rows are not decided by cosine alone."""
+    import meg.routing.retrieval
+
+    encode, pairs = _random_encoder(2), BORN_PAIRS
+    prompts = ["Where was Ada born?"]
+    data = RoutingData(prompts, encode(prompts), ["Ada"], [], torch.zeros(0, 8), pairs, encode=encode)
+    monkeypatch.setattr(meg.routing.retrieval, "trained_verifier", lambda *args, **kwargs: (GradedVerifier(), {}))
+    config = RetrievalConfig(verifier=VerifierConfig(), verifier_weight=0.3, matched_calibration=False, masked_weight=0)
+    plain = RetrievalRouter.fit(data, config)
+    vetoing = RetrievalRouter.fit(data, replace(config, verifier_veto=0.05))
+    veto = vetoing.thresholds["verifier_veto"]
+    assert "verifier_veto" not in plain.thresholds and 0 < veto <= 1
+    # The veto is calibrated on the held-out pairs' verdicts: at most 5% of them (by weight) fall under it.
+    verdicts = GradedVerifier().score([p.question for p in pairs], [p.paraphrase for p in pairs])
+    assert float((verdicts < veto).double().mean()) <= 0.05
+    # A query whose text is the edit's embedding (cosine 1) but shares no word with it: the blend routes it.
+    odd = ["Ada zzz"]
+    on_edit = data.edit_embeddings
+    assert plain.route(odd, on_edit).routed.tolist() == [True]
+    assert vetoing.route(odd, on_edit).routed.tolist() == [False]
+    assert vetoing.route(["Ada was born where?"], encode(["Ada was born where?"])).routed.tolist() == \
+        plain.route(["Ada was born where?"], encode(["Ada was born where?"])).routed.tolist()

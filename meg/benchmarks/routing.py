@@ -61,6 +61,11 @@ VARIANTS: dict[str, RouterVariant] = {
                                          "paper-gate", gate_config=_CAPPED),
     "retrieval/default": RouterVariant("subject-verified retrieval as configured by default (RetrievalConfig(), "
                                        "hard-negative encoder)", "retrieval"),
+    "retrieval/veto1": RouterVariant("the default router whose verifier vetoes candidates scoring under 1% of the "
+                                     "held-out pairs (RetrievalConfig.verifier_veto 0.01)", "retrieval",
+                                     retrieval_config={"verifier_veto": 0.01}),
+    "retrieval/veto5": RouterVariant("the default router, verifier_veto 0.05", "retrieval",
+                                     retrieval_config={"verifier_veto": 0.05}),
     "inferred/default": RouterVariant("the default router with edits given WITHOUT subjects: subjects guessed from "
                                       "the prompts (meg.routing.subjects.infer_subject)", "retrieval",
                                       use_subjects=False),

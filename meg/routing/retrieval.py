@@ -73,6 +73,9 @@ class RetrievalConfig(Settings):
     free_floor: bool = setting(True, "the free threshold is at least the held-out pairs' paraphrase_recall cosine")
     verifier_weight: float = setting(0.7, "the verifier's share of the subject score, as ranks among the held-out "
                                           "pairs; 1 = the verifier alone decides")
+    verifier_veto: float | None = setting(None, "a candidate whose verifier probability is below the held-out pairs' "
+                                                "quantile at this share is never routed, whatever its cosine; null = "
+                                                "off (the blend alone decides)")
 
     def rules(self) -> Rules:
         def cosine(v: float | None) -> bool:
@@ -85,7 +88,8 @@ class RetrievalConfig(Settings):
                 "approximate_subjects": (self.approximate_subjects is None or 0 < self.approximate_subjects <= 1,
                                          "in (0, 1] or null"),
                 "masked_weight": (0 <= self.masked_weight < 1, "in [0, 1)"),
-                "verifier_weight": (0 < self.verifier_weight <= 1, "in (0, 1]")}
+                "verifier_weight": (0 < self.verifier_weight <= 1, "in (0, 1]"),
+                "verifier_veto": (self.verifier_veto is None or 0 < self.verifier_veto < 1, "in (0, 1) or null")}
 
 
 def conformal_threshold(scores: torch.Tensor, rate: float) -> float:
@@ -224,8 +228,13 @@ class RetrievalRouter:
             repeat = torch.tensor([_same(p, chosen[r]) for p, r in zip(prompts, named)])
             verdict = torch.where(repeat, torch.ones_like(verdict), verdict)
             at = torch.tensor(named)
-            best[at] = self._blend(best[at], verdict).to(best.dtype)
+            best[at] = self._vetoed(self._blend(best[at], verdict), verdict).to(best.dtype)
         return best, edit
+
+    def _vetoed(self, scores: torch.Tensor, verdict: torch.Tensor) -> torch.Tensor:
+        """`scores` with -inf where the verifier's probability is under the calibrated veto (`verifier_veto`)."""
+        veto = self.thresholds.get("verifier_veto")
+        return scores if veto is None else torch.where(verdict < veto, torch.full_like(scores, -math.inf), scores)
 
     def _undecided(self, rows: list[int], best: torch.Tensor, threshold: float) -> list[int]:
         """The rows (of `best`, their cosines) whose route depends on the verifier: with `verifier_weight` < 1 the
@@ -239,6 +248,8 @@ class RetrievalRouter:
         low = self._blend(best[at], torch.zeros(len(rows))).to(best.dtype)
         high = self._blend(best[at], torch.ones(len(rows))).to(best.dtype)
         routed, dropped = low >= threshold, high < threshold
+        if self.thresholds.get("verifier_veto") is not None:  # the verifier may still veto a high cosine
+            routed = torch.zeros_like(routed)
         best[at[routed]], best[at[dropped]] = low[routed], high[dropped]
         return [r for r, decided in zip(rows, (routed | dropped).tolist()) if not decided]
 
@@ -386,6 +397,13 @@ class RetrievalRouter:
             if self.config.verifier_weight < 1:
                 self.reference = {**_reference("cosine", sims, weights), **_reference("verifier", verdict, weights)}
             sims = self._blend(sims, verdict)
+            if self.config.verifier_veto is not None:  # vetoed pairs count as missed by the blended threshold
+                self.thresholds["verifier_veto"] = veto = weighted_quantile(verdict, weights, self.config.verifier_veto)
+                kept = verdict >= veto
+                missed = float(weights[~kept].sum() / weights.sum())
+                share = max(0.0, (1 - self.config.paraphrase_recall - missed) / max(1 - missed, 1e-12))
+                return weighted_quantile(sims[kept], weights[kept], share), total, \
+                    len(pairs) if self.config.matched_calibration else 0
         threshold = weighted_quantile(sims, weights, 1 - self.config.paraphrase_recall)
         return threshold, total, len(pairs) if self.config.matched_calibration else 0
 
