@@ -315,8 +315,7 @@ def test_route_bench_scores_paraphrases_where_given_and_leaves_out_negatives_abo
     """KnowEdit's WikiData files have no paraphrases (the paraphrase rates are None and show as "-"), and their
     (edit prompt, locality prompt) pairs are shipped verifier negatives, which a benchmark on them must not use."""
     from meg.benchmarks.routing import query_sets, rates, usable_requests, write_route_bench
-    from meg.data.defaults import held_out_negatives
-    from meg.data.defaults import default_negative_pairs
+    from meg.data.defaults import default_negative_pairs, held_out_negatives
     from meg.requests import EditRequest
     from meg.routing import Routes
 

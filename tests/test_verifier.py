@@ -6,8 +6,8 @@ from dataclasses import replace
 
 import pytest
 import torch
-
 from conftest import PSEUDO_PAIRS
+
 from meg.requests import EditRequest, NegativePair, PseudoPair
 from meg.routing import RetrievalConfig, RoutingData
 from meg.routing.retrieval import RetrievalRouter
