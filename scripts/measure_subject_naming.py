@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from collections import Counter
 from pathlib import Path
 
 from meg.data import load_dataset
@@ -49,7 +48,7 @@ def count(requests, queries: list[str]) -> dict[str, int]:
 
     def old(texts: list[str]) -> list[set[int]]:  # the replaced rule, as a fallback to exact naming
         found = [set(f) for f in exact.named_in(texts)]
-        return [f or {anchored.indexed[k] for k in Counter(k for g in trigrams(t) for k in holding.get(g, []))
+        return [f or {anchored.indexed[k] for k in {k for g in trigrams(t) for k in holding.get(g, [])}
                       if replaced_rule(t, subjects[k])} for t, f in zip(texts, found)]
 
     paraphrases = [(i, p) for i, r in enumerate(requests) for p in r.paraphrases[:1]]

@@ -122,17 +122,31 @@ def _random_encoder(seed: int):
     return encode
 
 
+def _graded(monkeypatch, seed: int, prompts: list[str], subjects: list[str], verifier: type = GradedVerifier):
+    """(routing data for `prompts` embedded by a seeded random encoder, BORN_PAIRS held out, the encoder), with
+    `verifier` standing in for the trained one."""
+    import meg.routing.retrieval
+
+    encode = _random_encoder(seed)
+    data = RoutingData(prompts, encode(prompts), subjects, [], torch.zeros(0, 8), BORN_PAIRS, encode=encode)
+    monkeypatch.setattr(meg.routing.retrieval, "trained_verifier", lambda *args, **kwargs: (verifier(), {}))
+    return data, encode
+
+
+def _graded_config(verifier_weight: float) -> RetrievalConfig:
+    return RetrievalConfig(verifier=VerifierConfig(), verifier_weight=verifier_weight, matched_calibration=False,
+                           masked_weight=0)
+
+
 def test_blended_score_is_the_mean_rank_of_verifier_and_cosine_among_held_out_pairs(monkeypatch):
     """verifier_weight 0.5: each score becomes its rank (weighted CDF) among the held-out pairs and the two
     ranks are averaged; the threshold keeps `paraphrase_recall` of the pairs on that scale; the lookup tables
     travel in the router state."""
     import meg.routing.retrieval
 
-    encode, pairs = _random_encoder(0), BORN_PAIRS
     prompts = ["Where was Ada born?"]
-    data = RoutingData(prompts, encode(prompts), ["Ada"], [], torch.zeros(0, 8), pairs, encode=encode)
-    monkeypatch.setattr(meg.routing.retrieval, "trained_verifier", lambda *args, **kwargs: (GradedVerifier(), {}))
-    config = RetrievalConfig(verifier=VerifierConfig(), verifier_weight=0.5, matched_calibration=False, masked_weight=0)
+    data, encode = _graded(monkeypatch, 0, prompts, ["Ada"])
+    config = _graded_config(0.5)
     router = RetrievalRouter.fit(data, config)
     ranks = router._rank("verifier", router.reference["verifier"])
     assert ranks[-1] == 1.0 and bool((ranks[1:] >= ranks[:-1]).all())  # a CDF over the pairs' own scores
@@ -213,12 +227,6 @@ def test_a_verifier_trained_in_a_work_directory_is_stored_there_and_reused(tmp_p
 def test_the_verifier_reads_only_rows_whose_route_it_can_change(monkeypatch):
     """Routing skips the verifier where the blended score's bounds (verdict ranked 0 or 1) already decide the row;
     the routes are those of the full computation (issue 19)."""
-    import meg.routing.retrieval
-
-    encode, pairs = _random_encoder(1), BORN_PAIRS
-    prompts = [f"Where was Q{i} born?" for i in range(30)]
-    data = RoutingData(prompts, encode(prompts), [f"Q{i}" for i in range(30)], [], torch.zeros(0, 8), pairs,
-                       encode=encode)
     seen: list[int] = []
 
     class Counting(GradedVerifier):
@@ -226,9 +234,9 @@ def test_the_verifier_reads_only_rows_whose_route_it_can_change(monkeypatch):
             seen.append(len(queries))
             return super().score(edit_prompts, queries)
 
-    monkeypatch.setattr(meg.routing.retrieval, "trained_verifier", lambda *args, **kwargs: (Counting(), {}))
-    config = RetrievalConfig(verifier=VerifierConfig(), verifier_weight=0.5, matched_calibration=False, masked_weight=0)
-    router = RetrievalRouter.fit(data, config)
+    data, encode = _graded(monkeypatch, 1, [f"Where was Q{i} born?" for i in range(30)], [f"Q{i}" for i in range(30)],
+                           Counting)
+    router = RetrievalRouter.fit(data, _graded_config(0.5))
     router.thresholds["subject"] = 0.2  # low, as calibrated on real pairs (0.085 on CounterFact 1,024)
     queries = [f"Q{i} was born where?" if i % 2 else f"Q{i} taught whom?" for i in range(30)]
     embeddings = encode(queries)
@@ -247,19 +255,14 @@ def test_a_verifier_veto_stops_a_high_cosine_the_blend_would_route(monkeypatch):
     """verifier_veto: the blend lets a near-identical cosine route whatever the verifier says (KnowEdit's "the
     father of X" against the edit "the mother of X", docs/LOG.md 2026-12-01); with the veto, a candidate whose
     verdict is under the held-out pairs' quantile is never routed, and the rows are not decided by cosine alone."""
-    import meg.routing.retrieval
-
-    encode, pairs = _random_encoder(2), BORN_PAIRS
-    prompts = ["Where was Ada born?"]
-    data = RoutingData(prompts, encode(prompts), ["Ada"], [], torch.zeros(0, 8), pairs, encode=encode)
-    monkeypatch.setattr(meg.routing.retrieval, "trained_verifier", lambda *args, **kwargs: (GradedVerifier(), {}))
-    config = RetrievalConfig(verifier=VerifierConfig(), verifier_weight=0.3, matched_calibration=False, masked_weight=0)
+    data, encode = _graded(monkeypatch, 2, ["Where was Ada born?"], ["Ada"])
+    config = _graded_config(0.3)
     plain = RetrievalRouter.fit(data, config)
     vetoing = RetrievalRouter.fit(data, replace(config, verifier_veto=0.05))
     veto = vetoing.thresholds["verifier_veto"]
     assert "verifier_veto" not in plain.thresholds and 0 < veto <= 1
     # The veto is calibrated on the held-out pairs' verdicts: at most 5% of them (by weight) fall under it.
-    verdicts = GradedVerifier().score([p.question for p in pairs], [p.paraphrase for p in pairs])
+    verdicts = GradedVerifier().score([p.question for p in BORN_PAIRS], [p.paraphrase for p in BORN_PAIRS])
     assert float((verdicts < veto).double().mean()) <= 0.05
     # A query whose text is the edit's embedding (cosine 1) but shares no word with it: the blend routes it.
     odd = ["Ada zzz"]

@@ -397,14 +397,14 @@ class RetrievalRouter:
             if self.config.verifier_weight < 1:
                 self.reference = {**_reference("cosine", sims, weights), **_reference("verifier", verdict, weights)}
             sims = self._blend(sims, verdict)
-            if self.config.verifier_veto is not None:  # vetoed pairs count as missed by the blended threshold
-                self.thresholds["verifier_veto"] = veto = weighted_quantile(verdict, weights, self.config.verifier_veto)
-                kept = verdict >= veto
-                missed = float(weights[~kept].sum() / weights.sum())
-                share = max(0.0, (1 - self.config.paraphrase_recall - missed) / max(1 - missed, 1e-12))
-                return weighted_quantile(sims[kept], weights[kept], share), total, \
-                    len(pairs) if self.config.matched_calibration else 0
-        threshold = weighted_quantile(sims, weights, 1 - self.config.paraphrase_recall)
+        share = 1 - self.config.paraphrase_recall  # of the pairs the threshold may miss
+        if self.verifier is not None and self.config.verifier_veto is not None:  # vetoed pairs are missed already
+            self.thresholds["verifier_veto"] = veto = weighted_quantile(verdict, weights, self.config.verifier_veto)
+            kept = verdict >= veto
+            missed = float(weights[~kept].sum() / weights.sum())
+            share = max(0.0, (share - missed) / max(1 - missed, 1e-12))
+            sims, weights = sims[kept], weights[kept]
+        threshold = weighted_quantile(sims, weights, share)
         return threshold, total, len(pairs) if self.config.matched_calibration else 0
 
     def _pair_weights(self, edits: torch.Tensor, questions: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
