@@ -341,3 +341,49 @@ def add_to_ffn_output(
         yield
     finally:
         handle.remove()
+
+
+# --- internals for causal tracing (meg.benchmarks.tracing) -----------------------------------------------------
+
+
+@contextmanager
+def add_to_input_embeddings(model: nn.Module, noise: torch.Tensor) -> Iterator[None]:
+    """Add `noise` (B, T, d) to the token embeddings of every forward pass inside the block (before position
+    embeddings, as ROME's causal tracing corrupts them). Rows or positions left at zero are untouched."""
+
+    def hook(module: nn.Module, args: tuple, output: Any) -> torch.Tensor:
+        if output.shape != noise.shape:
+            raise InputError(f"noise has shape {tuple(noise.shape)}, the embeddings are {tuple(output.shape)}")
+        return output + noise.to(output.dtype)
+
+    handle = model.get_input_embeddings().register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def set_block_output(
+    model: nn.Module,
+    layer: int,
+    values: torch.Tensor,
+    rows: torch.Tensor,
+    positions: torch.Tensor,
+    extra_architectures: dict[str, ArchSpec] | None = None,
+) -> Iterator[None]:
+    """Overwrite the residual stream after block `layer` with `values[i]` (K, d) at (rows[i], positions[i]) (K,):
+    ROME's "restore a clean hidden state" in a corrupted run. Rows not named run unchanged."""
+    block = decoder_block(model, layer, extra_architectures)
+
+    def hook(module: nn.Module, args: tuple, output: Any) -> Any:
+        hidden = _first_tensor(output)
+        index = (rows.to(hidden.device), positions.to(hidden.device))
+        patched = hidden.index_put(index, values.to(hidden.device, hidden.dtype))
+        return (patched, *output[1:]) if isinstance(output, (tuple, list)) else patched
+
+    handle = block.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()

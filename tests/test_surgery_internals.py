@@ -1,4 +1,5 @@
-"""Model internals used by the weight-editing baselines (meg.surgery): projections, weight views, captures."""
+"""Model internals used by the weight-editing baselines and causal tracing (meg.surgery): projections, weight views,
+captures, corrupted embeddings and restored hidden states."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ from meg.errors import InputError, UnsupportedModelError
 from meg.surgery import (
     add_linear_update,
     add_to_ffn_output,
+    add_to_input_embeddings,
     capture_activations,
     decoder_block,
     ffn_module,
     ffn_output_projection,
     linear_weight,
+    set_block_output,
 )
 
 IDS = torch.tensor([[5, 17, 42, 99, 7, 3], [11, 12, 13, 14, 15, 16]])  # (B=2, T=6)
@@ -119,3 +122,43 @@ def test_update_shape_and_module_kind_are_checked():
         linear_weight(decoder_block(model, 0))
     with pytest.raises(InputError, match="out of range"):
         decoder_block(model, 5)
+
+
+@pytest.mark.parametrize("model_type", ALL)
+def test_restoring_every_clean_state_after_a_block_undoes_the_corruption(model_type):
+    model = build_model(model_type)
+    noise = torch.randn(2, 6, model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    noise[1] = 0  # row 1 is not corrupted
+    with torch.no_grad():
+        with capture_activations(model, [0], "block") as clean:
+            clean_logits = model(input_ids=IDS).logits
+        with add_to_input_embeddings(model, noise):
+            corrupted = model(input_ids=IDS).logits
+            rows, positions = torch.arange(2).repeat_interleave(6), torch.arange(6).repeat(2)
+            with set_block_output(model, 0, clean[0][rows, positions], rows, positions):
+                restored = model(input_ids=IDS).logits
+    assert not torch.allclose(corrupted[0], clean_logits[0], atol=1e-4)
+    torch.testing.assert_close(corrupted[1], clean_logits[1])  # zero noise: untouched
+    torch.testing.assert_close(restored, clean_logits, rtol=1e-4, atol=1e-4)
+    assert _no_hooks(model)
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "llama"])
+def test_a_restored_state_changes_its_row_at_and_after_its_position_only(model_type):
+    model = build_model(model_type)
+    d = model.config.hidden_size
+    with torch.no_grad():
+        base = model(input_ids=IDS).logits
+        with set_block_output(model, 0, torch.ones(1, d), torch.tensor([0]), torch.tensor([3])):
+            patched = model(input_ids=IDS).logits
+    torch.testing.assert_close(patched[1], base[1])
+    torch.testing.assert_close(patched[0, :3], base[0, :3])
+    assert not torch.allclose(patched[0, 3:], base[0, 3:])
+
+
+def test_noise_of_the_wrong_shape_is_one_line():
+    model = build_model("gpt2")
+    with pytest.raises(InputError, match=r"noise has shape \(1, 2, 32\)"):
+        with add_to_input_embeddings(model, torch.zeros(1, 2, 32)):
+            model(input_ids=IDS)
+    assert _no_hooks(model)
