@@ -94,6 +94,25 @@ def greedy_generate(
 
 
 @torch.no_grad()
+def sample_top_k(model: nn.Module, tokenizer: PreTrainedTokenizerBase, starts: Sequence[str], length: int, top_k: int,
+                 seed: int) -> list[str]:  # fmt: skip
+    """One top-k sampled text per start, `length` tokens long with its start, from a seeded generator (the
+    same texts on every call). One row at a time without a cache: for a handful of short texts (MEMIT's context
+    prefixes), not for serving."""
+    generator, device, texts = torch.Generator().manual_seed(seed), _device(model), []
+    with frozen_eval(model):
+        for start in starts:
+            ids = tokenizer(start)["input_ids"]
+            while len(ids) < length:
+                row = torch.tensor([ids], device=device)
+                logits = model(input_ids=row, attention_mask=torch.ones_like(row)).logits[0, -1].float().cpu()
+                top = logits.topk(min(top_k, logits.numel()))
+                ids.append(int(top.indices[torch.multinomial(top.values.softmax(-1), 1, generator=generator)]))
+            texts.append(tokenizer.decode(ids, skip_special_tokens=True))
+    return texts
+
+
+@torch.no_grad()
 def teacher_forced_accuracy(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,

@@ -66,25 +66,11 @@ def middle_layers(n_layers: int) -> list[int]:
     return list(range(start, stop))
 
 
-def reached(model, edits, layer: int, delta):
-    """(N,) bool: with `delta` added after block `layer`, the argmax at every target token is that token."""
-    import torch
-
-    from meg.surgery import add_to_ffn_output
-
-    batch = edits.batch
-    with torch.no_grad(), add_to_ffn_output(model, layer, delta, edits.positions):
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-    predicted = logits[:, :-1].argmax(-1)  # (N, T-1): prediction for token t + 1
-    hit = (predicted == batch.input_ids[:, 1:]) | ~batch.target_mask[:, 1:]
-    return hit.all(1)
-
-
 def measure(model, tokenizer, requests: list, layers: list[int], positions: list[str], args) -> dict:
     """Step-1 success per position and layer, plus the model's greedy accuracy on the true answers."""
     import torch
 
-    from meg.baselines.memit import MEMITConfig, gather_at, optimise_targets, prepare_edits
+    from meg.baselines.memit import MEMITConfig, optimise_targets, prepare_edits, step1_success
     from meg.data.templates import TEMPLATES
     from meg.decoding import greedy_generate
     from meg.prompts import answers_match
@@ -92,7 +78,8 @@ def measure(model, tokenizer, requests: list, layers: list[int], positions: list
 
     template = TEMPLATES["counterfact"]
     config = MEMITConfig(v_steps=args.v_steps, v_lr=args.v_lr, clamp_norm_factor=args.clamp, kl_factor=0.0,
-                         loss_tokens="target", batch_size=len(requests))  # fmt: skip
+                         loss_tokens="target", batch_size=len(requests), context_templates=0,
+                         early_stop_loss=0.0)  # fmt: skip  (pure reachability: bare prompt, every step)
     prepared = prepare_edits(tokenizer, requests, template, context_length(model))
     prompt_last = prepared.batch.target_mask.int().argmax(1) - 1  # (N,) the token before the target
     generated = greedy_generate(model, tokenizer, [template.format(r.prompt) for r in requests], max_new_tokens=20)
@@ -103,9 +90,8 @@ def measure(model, tokenizer, requests: list, layers: list[int], positions: list
         edits = prepared if position == "subject" else replace(prepared, positions=prompt_last)
         for layer in layers:
             start = time.perf_counter()
-            h = gather_at(model, edits.batch, edits.positions, layer, "block", len(requests))
             z, nll = optimise_targets(model, edits, layer, config)
-            hit = reached(model, edits, layer, z - h)
+            hit = step1_success(model, edits, layer, z, len(requests))
             row = {"position": position, "layer": layer, "success": round(float(hit.float().mean()), 4),
                    "success_known": round(float(hit[known].float().mean()), 4) if known.any() else None,
                    "target_nll": round(float(nll.mean()), 4), "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip

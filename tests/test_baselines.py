@@ -198,3 +198,78 @@ def test_config_from_none_dict_object_and_preset():
     preset = resolve_config(FTConfig, {"preset": "reference", "steps": 2}, FT_PRESETS)
     assert preset.steps == 2 and preset.lr == FT_PRESETS["reference"].lr
     assert MEMITConfig.from_dict(MEMITConfig(layers=[1, 2]).to_dict()) == MEMITConfig(layers=(1, 2))
+
+
+def test_context_prefixes_are_sampled_once_per_seed_and_wrap_every_edit(fact_gpt2, tokenizer):
+    from meg.baselines.memit import context_prefixes
+
+    config = MEMITConfig(context_templates=3, context_tokens=6)
+    prefixes = context_prefixes(fact_gpt2, tokenizer, config)
+    assert prefixes[0] == "" and len(prefixes) == 4 and all(p.endswith(". ") for p in prefixes[1:])
+    assert all(p.startswith(start) for p, start in zip(prefixes[1:], ("The", "Therefore", "Because")))
+    assert context_prefixes(fact_gpt2, tokenizer, config) == prefixes  # seeded
+    assert context_prefixes(fact_gpt2, tokenizer, replace(config, context_templates=0)) == [""]
+    requests = _requests(with_subject=True)[:3]
+    edits = prepare_edits(tokenizer, requests, PromptTemplate(), None, prefixes=prefixes)
+    assert edits.per_edit == 4 and edits.batch.input_ids.shape[0] == 12 and edits.kl_ids.shape[0] == 3
+    for row, (i, prefix) in enumerate((i, p) for i in range(3) for p in prefixes):  # edit-major rows
+        ids = edits.batch.input_ids[row].tolist()
+        assert tokenizer.decode(ids[: int(edits.positions[row]) + 1]).endswith(requests[i].subject)
+        assert tokenizer.decode(ids).startswith(prefix.strip())
+    bare = edits.bare()
+    assert bare.per_edit == 1 and bare.positions.tolist() == edits.positions[::4].tolist()
+    plain = prepare_edits(tokenizer, requests, PromptTemplate(), None)
+    assert torch.equal(bare.batch.input_ids, plain.batch.input_ids)
+    with pytest.raises(InputError, match="first context prefix must be ''"):
+        prepare_edits(tokenizer, requests, PromptTemplate(), None, prefixes=["Then. "])
+
+
+def test_early_stop_freezes_each_edit_on_its_own(fact_gpt2, tokenizer):
+    from meg.baselines.memit import gather_at, optimise_targets
+
+    requests = _requests(with_subject=False)[:4]
+    edits = prepare_edits(tokenizer, requests, PromptTemplate(), None)
+    h = gather_at(fact_gpt2, edits.batch, edits.positions, 1, "block", 4)
+    base = MEMITConfig(v_steps=8, v_lr=0.5, clamp_norm_factor=4.0, kl_factor=0.0, batch_size=4)
+    frozen, _ = optimise_targets(fact_gpt2, edits, 1, replace(base, early_stop_loss=1e9))  # every loss is below
+    torch.testing.assert_close(frozen, h)
+    together, _ = optimise_targets(fact_gpt2, edits, 1, replace(base, early_stop_loss=2.0))
+    alone = torch.cat([optimise_targets(fact_gpt2, prepare_edits(tokenizer, [r], PromptTemplate(), None), 1,
+                                        replace(base, early_stop_loss=2.0, batch_size=1))[0] for r in requests])  # fmt: skip
+    torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-4)  # the batch equals per-edit runs
+    assert not torch.allclose(together, h)
+
+
+def test_kl_is_read_at_the_subject_token_or_after_is_a(fact_gpt2, tokenizer):
+    from meg.baselines.memit import _kl_logprobs
+
+    edits = prepare_edits(tokenizer, _requests(with_subject=True)[:2], PromptTemplate(), None)
+    rows = slice(0, 2)
+    logits = fact_gpt2(input_ids=edits.kl_ids, attention_mask=edits.kl_mask).logits.float()
+    for kl_at, where in (("subject", edits.kl_positions), ("end", edits.kl_last)):
+        expected = torch.log_softmax(logits[torch.arange(2), where], -1)
+        torch.testing.assert_close(_kl_logprobs(fact_gpt2, edits, rows, 1, None, kl_at), expected)
+    assert not torch.equal(edits.kl_positions, edits.kl_last)
+
+
+@pytest.mark.parametrize("method", ["memit", "alphaedit"])
+def test_stats_record_step1_success_and_the_context_prefixes(method, fact_gpt2, tokenizer, stats_dir):
+    requests = _requests(with_subject=False)
+    config = {**_configs(stats_dir)[method], "context_templates": 2, "context_tokens": 5}
+    stats = get_method(method)(fact_gpt2, tokenizer, requests, EditContext(config=config, progress=False)).stats()
+    assert len(stats["context_prefixes"]) == 2
+    # At the prompt's last token (the fallback of subject-less edits) a residual delta reaches every target.
+    assert stats["step1_success"] == 1.0
+
+
+def test_bench_tables_state_step1_success_of_the_rows_that_have_it():
+    from meg.benchmarks.compare import bench_markdown
+    from meg.evaluation.metrics import COLUMNS
+
+    metrics = {c: 50.0 for c in COLUMNS}
+    row = {"metrics": metrics, "edit_seconds": 1.0, "peak_rss_mb": 1.0, "queries_per_second": 1.0}
+    bench = {"setup": {"data": "d", "n_used": 2, "model": "m", "filter": None},
+             "results": [{**row, "method": "memit", "stats": {"step1_success": 0.5}}, {**row, "method": "knn", "stats": {}}]}  # fmt: skip
+    text = bench_markdown(bench, "meg bench ...")
+    assert "- memit: 50.0%" in text and "- knn" not in text
+    assert "Step-1" not in bench_markdown({**bench, "results": bench["results"][1:]}, "meg bench ...")

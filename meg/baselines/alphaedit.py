@@ -32,7 +32,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from meg.baselines.base import WeightEditedLM, resolve_config
-from meg.baselines.memit import LocateConfig, UpdateFn, locate_and_edit
+from meg.baselines.memit import AS_SWEPT_ON_REFERENCE, LocateConfig, UpdateFn, locate_and_edit
 from meg.methods.base import EditContext
 from meg.requests import EditRequest
 from meg.settings import Rules
@@ -57,7 +57,8 @@ class AlphaEditConfig(LocateConfig):
 # eigenvectors of E[k k^T] below 0.2 (the paper's 2e-2 suits GPT-J's key scale) and the ridge l2 is 100 (the
 # research code's 10 let 1,024 edits wipe out locality: Loc-AG 16%). Pass "data_dir" with it, as for MEMIT.
 PRESETS: dict[str, AlphaEditConfig] = {
-    "reference": AlphaEditConfig(layers=(0, 1, 2), v_lr=2.0, clamp_norm_factor=4.0, nullspace_threshold=0.2, l2=100.0),
+    "reference": AlphaEditConfig(layers=(0, 1, 2), v_lr=2.0, clamp_norm_factor=4.0, nullspace_threshold=0.2, l2=100.0,
+                                 **AS_SWEPT_ON_REFERENCE),  # fmt: skip
 }
 
 

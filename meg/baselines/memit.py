@@ -11,11 +11,21 @@ For edit i with subject s_i (paper, Sec. 4.3 and Alg. 1):
    (d, N); the least-squares update of Eq. 14,
        Delta_l = R_l K_l^T (lambda C_l + K_l K_l^T)^{-1},     lambda = mom2_update_weight,
    with C_l = E[k k^T] over a text corpus (covariance.py); W_l += Delta_l.
-Departures from the paper's code: no random-prefix context templates (keys and targets come from the edit prompt
-alone; a tiny model's generated prefixes are noise); no early stop of the delta optimisation (rows are optimised
-together; Adam treats each row independently, so the batch equals per-edit runs of the same length). When an
-edit has no subject, or its subject is not in the prompt, the prompt's last token is used instead (logged and
-counted in `stats()["subject_fallbacks"]`); such edits get no KL term.
+As the reference code (kmeng01/memit, compute_z / compute_ks), by default:
+- context templates: the NLL is averaged over the bare prompt and `context_templates` copies of it preceded by a
+  text the model itself samples (top-5, `context_tokens` tokens, from "The", "Therefore", "Because", "I", "You",
+  seeded) and ". "; the key of an edit is the mean of its bare key and of the mean of its prefixed keys (the
+  reference averages per context type). The delta is added at the subject's last token in every copy.
+- early stop: an edit's delta stops changing once its loss is below `early_stop_loss` (the reference's 5e-2).
+  Rows are optimised together; Adam treats each row independently, so the batch equals per-edit runs.
+- the KL term reads the next-token distribution at the subject's last token of "{s} is a" (`kl_at="subject"`).
+The "reference" presets keep what their sweep measured (no contexts, no early stop, KL read after "is a").
+When an edit has no subject, or its subject is not in the prompt, the prompt's last token is used instead (logged
+and counted in `stats()["subject_fallbacks"]`); such edits get no KL term.
+
+Step-1 success (`stats()["step1_success"]`): the share of edits whose optimised residual alone, added at the last
+edited layer before any weight changes, makes greedy decoding of the bare prompt produce the target. When it is
+low, the model does not recall facts at the subject's last token and no spreading of the update can help.
 """
 
 from __future__ import annotations
@@ -24,8 +34,9 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
@@ -45,6 +56,7 @@ from meg.baselines.base import (
     target_nll,
 )
 from meg.baselines.covariance import corpus_for_model, second_moments
+from meg.decoding import sample_top_k
 from meg.errors import InputError
 from meg.files import digest
 from meg.methods.base import EditContext
@@ -66,6 +78,7 @@ from meg.surgery import (
 log = logging.getLogger(__name__)
 DEFAULT_SPAN = 3  # layers=None: this many layers ending at the model's default MeG layer
 KL_PROMPT = "{subject} is a"  # MEMIT's "essence" prompt
+CONTEXT_STARTS = ("The", "Therefore", "Because", "I", "You")  # the reference's context-template seeds
 
 
 @dataclass(frozen=True)
@@ -79,6 +92,10 @@ class LocateConfig(BaselineConfig):
     clamp_norm_factor: float = 0.75
     kl_factor: float = 0.0625  # 0 disables the KL term (and its extra forward pass)
     loss_tokens: LossTokens = "target"  # "target" (paper); "answer" adds "." + EOS to the NLL term
+    context_templates: int = 5  # prefixed copies of each prompt (reference: 5); 0 = the bare prompt only
+    context_tokens: int = 10  # length of a sampled prefix in tokens (reference: 10)
+    early_stop_loss: float = 5e-2  # an edit's delta stops once its loss is below this (reference: 5e-2); 0 = never
+    kl_at: Literal["subject", "end"] = "subject"  # KL read at the subject's last token (reference) or after "is a"
     data_dir: str | None = None  # shared data dir: statistics over the reference model's training text
     stats_dir: str | None = None  # covariance cache; None = covariance.default_stats_dir()
     mom2_n_texts: int | None = 10000  # corpus lines sampled for C (MEMIT: 100,000 Wikipedia samples); None = all
@@ -94,6 +111,9 @@ class LocateConfig(BaselineConfig):
             "v_weight_decay": (self.v_weight_decay >= 0, ">= 0"),
             "clamp_norm_factor": (self.clamp_norm_factor > 0, "> 0"),
             "kl_factor": (self.kl_factor >= 0, ">= 0"),
+            "context_templates": (self.context_templates >= 0, ">= 0"),
+            "context_tokens": (self.context_tokens >= 2, ">= 2"),
+            "early_stop_loss": (self.early_stop_loss >= 0, ">= 0"),
             "mom2_n_texts": (self.mom2_n_texts is None or self.mom2_n_texts >= 1, ">= 1 or null"),
             "batch_size": (self.batch_size >= 1, ">= 1"),
         }
@@ -115,23 +135,41 @@ class MEMITConfig(LocateConfig):
 # cannot reach the targets (docs/results/baseline-sweep.md, 64 edits); lambda grows with the number of edits
 # (K K^T does): 1,000 was best at 64 edits, 3,000 at 1,024. The sweep's statistics were the model's training text:
 # pass "data_dir" (the shared data directory) with the preset, or the shipped asset texts are used instead.
+# The sweep ran before the context templates, the early stop and the KL read at the subject token: the preset keeps
+# what it measured.
+AS_SWEPT_ON_REFERENCE = {"context_templates": 0, "early_stop_loss": 0.0, "kl_at": "end"}
 PRESETS: dict[str, MEMITConfig] = {
-    "reference": MEMITConfig(layers=(0, 1, 2), v_lr=2.0, clamp_norm_factor=4.0, mom2_update_weight=3000.0),
+    "reference": MEMITConfig(layers=(0, 1, 2), v_lr=2.0, clamp_norm_factor=4.0, mom2_update_weight=3000.0,
+                             **AS_SWEPT_ON_REFERENCE),  # fmt: skip
 }
 
 
 @dataclass
 class PreparedEdits:
-    """The edit batch and where each edit's key sits. Shapes: batch (N, T); positions, kl_* (N,)."""
+    """The edit batch and where each edit's key sits. Each edit has `per_edit` rows (its bare prompt first, then
+    its prefixed copies), edit-major: row i * per_edit + c. Shapes: batch (N * per_edit, T); positions
+    (N * per_edit,); kl_* (N,)."""
 
-    batch: AnswerBatch  # template(prompt) + " " + target, right-padded
+    batch: AnswerBatch  # prefix + template(prompt) + " " + target, right-padded
     positions: torch.Tensor  # subject's last token (or the prompt's last token: a fallback)
     kl_ids: torch.Tensor  # (N, T') "{subject} is a", right-padded
     kl_mask: torch.Tensor  # (N, T')
     kl_positions: torch.Tensor  # subject's last token in the KL prompt
-    kl_last: torch.Tensor  # last real token of the KL prompt (where the next-token distribution is read)
+    kl_last: torch.Tensor  # last real token of the KL prompt
     kl_weight: torch.Tensor  # (N,) 1.0, or 0.0 for fallback rows
     fallbacks: int
+    per_edit: int = 1
+
+    def bare(self) -> PreparedEdits:
+        """The edits with their bare prompts only (per_edit 1)."""
+        if self.per_edit == 1:
+            return self
+        rows = slice(0, None, self.per_edit)
+        return replace(self, batch=select_rows(self.batch, rows), positions=self.positions[rows], per_edit=1)
+
+    def rows_of(self, edits: slice) -> slice:
+        """The batch rows of a slice of edits."""
+        return slice(edits.start * self.per_edit, edits.stop * self.per_edit)
 
 
 def edit_layers(model: nn.Module, layers: Sequence[int] | None, context_layer: int | None) -> list[int]:
@@ -162,14 +200,30 @@ def _last_token(tokenizer: PreTrainedTokenizerBase, text: str, end: int | None) 
     return len(tokenizer(text if end is None else text[:end])["input_ids"]) - 1
 
 
+def context_prefixes(model: nn.Module, tokenizer: PreTrainedTokenizerBase, config: LocateConfig) -> list[str]:
+    """"" (the bare prompt) and `config.context_templates` texts the model samples, each + ". " (the reference's
+    `get_context_templates`: top-5 sampling, `context_tokens` tokens, starts cycled over CONTEXT_STARTS)."""
+    if not config.context_templates:
+        return [""]
+    starts = [CONTEXT_STARTS[i % len(CONTEXT_STARTS)] for i in range(config.context_templates)]
+    texts = sample_top_k(model, tokenizer, starts, config.context_tokens, top_k=5, seed=config.seed)
+    return ["", *(t.replace("{", " ").replace("}", " ") + ". " for t in texts)]
+
+
 def prepare_edits(tokenizer: PreTrainedTokenizerBase, requests: Sequence[EditRequest], template: PromptTemplate,
-                  max_length: int | None, suffix: bool = False) -> PreparedEdits:  # fmt: skip
-    """Tokenise the edits (exactly as PlainLM templates them) and locate each subject's last token."""
+                  max_length: int | None, suffix: bool = False, prefixes: Sequence[str] = ("",)) -> PreparedEdits:  # fmt: skip
+    """Tokenise the edits (exactly as PlainLM templates them), each once per prefix (`context_prefixes`; the
+    first must be "", the bare prompt), and locate each subject's last token."""
+    if not prefixes or prefixes[0] != "":
+        raise InputError("the first context prefix must be '' (the bare prompt)")
     texts = [template.format(r.prompt) for r in requests]
-    batch = encode_answers(tokenizer, texts, [r.target for r in requests], suffix=suffix, max_length=max_length)
     ends = [subject_end(template, r) for r in requests]
-    target_start = batch.target_mask.int().argmax(1)  # (N,) first target token
-    positions = torch.tensor([_last_token(tokenizer, t, e) for t, e in zip(texts, ends)])
+    rows = [prefix + t for t in texts for prefix in prefixes]  # edit-major
+    targets = [r.target for r in requests for _ in prefixes]
+    batch = encode_answers(tokenizer, rows, targets, suffix=suffix, max_length=max_length)
+    target_start = batch.target_mask.int().argmax(1)  # (rows,) first target token
+    positions = torch.tensor([_last_token(tokenizer, prefix + t, None if e is None else len(prefix) + e)
+                              for t, e in zip(texts, ends) for prefix in prefixes])  # fmt: skip
     positions = torch.minimum(positions, target_start - 1)
     fallbacks = sum(e is None for e in ends)
     if fallbacks:
@@ -179,7 +233,8 @@ def prepare_edits(tokenizer: PreTrainedTokenizerBase, requests: Sequence[EditReq
     kl_ids, kl_mask = right_padded(tokenizer, [KL_PROMPT.format(subject=s) for s in subjects], max_length)
     kl_positions = torch.tensor([_last_token(tokenizer, s, None) for s in subjects])
     kl_weight = torch.tensor([0.0 if e is None else 1.0 for e in ends])
-    return PreparedEdits(batch, positions, kl_ids, kl_mask, kl_positions, kl_mask.sum(1) - 1, kl_weight, fallbacks)
+    return PreparedEdits(batch, positions, kl_ids, kl_mask, kl_positions, kl_mask.sum(1) - 1, kl_weight, fallbacks,
+                         len(prefixes))  # fmt: skip
 
 
 @torch.no_grad()
@@ -195,13 +250,15 @@ def gather_at(model: nn.Module, batch: AnswerBatch, positions: torch.Tensor, lay
     return torch.cat(out)
 
 
-def _kl_logprobs(model: nn.Module, edits: PreparedEdits, rows: slice, layer: int, delta: torch.Tensor | None):
-    """log p(next token | "{s} is a") (n, V), with `delta` added at the subject's last token when given."""
+def _kl_logprobs(model: nn.Module, edits: PreparedEdits, rows: slice, layer: int, delta: torch.Tensor | None,
+                 kl_at: str):  # fmt: skip
+    """log p(next token) (n, V) of "{s} is a" read at the subject's last token (kl_at "subject") or after "is a"
+    ("end"), with `delta` added at the subject's last token when given."""
     mount = nullcontext() if delta is None else add_to_ffn_output(model, layer, delta, edits.kl_positions[rows])
     with mount:
         logits = model(input_ids=edits.kl_ids[rows], attention_mask=edits.kl_mask[rows]).logits  # (n, T', V)
-    last = logits[torch.arange(logits.shape[0]), edits.kl_last[rows]]  # (n, V)
-    return F.log_softmax(last.float(), dim=-1)
+    read = (edits.kl_positions if kl_at == "subject" else edits.kl_last)[rows]
+    return F.log_softmax(logits[torch.arange(logits.shape[0]), read].float(), dim=-1)  # (n, V)
 
 
 def _target_loss(model: nn.Module, part: AnswerBatch, positions: torch.Tensor, layer: int, delta: torch.Tensor,
@@ -212,27 +269,36 @@ def _target_loss(model: nn.Module, part: AnswerBatch, positions: torch.Tensor, l
 
 
 def _optimise_rows(model: nn.Module, edits: PreparedEdits, rows: slice, layer: int, config: LocateConfig):
-    """z = h + delta for the edits in `rows` (Eq. 16 with the KL and weight-decay terms); -> (z (n, d), nll (n,))."""
-    part, positions = select_rows(edits.batch, rows), edits.positions[rows]
-    h = gather_at(model, part, positions, layer, "block", len(positions))  # (n, d) residual after block L
+    """z = h + delta for the edits in `rows` (Eq. 16 with the KL and weight-decay terms, the NLL averaged over each
+    edit's context copies, an edit frozen once its loss is below `early_stop_loss`); -> (z (n, d), nll (n,))."""
+    per_edit, batch_rows = edits.per_edit, edits.rows_of(rows)
+    part, positions = select_rows(edits.batch, batch_rows), edits.positions[batch_rows]
+    h = gather_at(model, part, positions, layer, "block", len(positions))[::per_edit]  # (n, d) bare prompts
     use_kl = config.kl_factor > 0 and bool(edits.kl_weight[rows].any())
     with torch.no_grad():
-        kl_init = _kl_logprobs(model, edits, rows, layer, None) if use_kl else None
+        kl_init = _kl_logprobs(model, edits, rows, layer, None, config.kl_at) if use_kl else None
     delta = torch.zeros_like(h, requires_grad=True)  # (n, d)
     optimizer = torch.optim.Adam([delta], lr=config.v_lr)
     max_norm = config.clamp_norm_factor * h.norm(dim=1, keepdim=True)  # (n, 1)
+    done = torch.zeros(h.shape[0], dtype=torch.bool, device=h.device)
     for _ in range(config.v_steps):
-        nll = _target_loss(model, part, positions, layer, delta, config.loss_tokens)
+        each = _target_loss(model, part, positions, layer, delta.repeat_interleave(per_edit, 0), config.loss_tokens)
+        nll = each.view(-1, per_edit).mean(1)  # (n,)
         loss = nll + config.v_weight_decay * delta.norm(dim=1) / h.norm(dim=1) ** 2
         if kl_init is not None:
-            current = _kl_logprobs(model, edits, rows, layer, delta)
+            current = _kl_logprobs(model, edits, rows, layer, delta, config.kl_at)
             kl = (current.exp() * (current - kl_init)).sum(-1)  # KL(current || initial), (n,)
             loss = loss + config.kl_factor * edits.kl_weight[rows] * kl
+        done |= loss.detach() < config.early_stop_loss
+        if bool(done.all()):
+            break
+        kept = delta.detach().clone()
         optimizer.zero_grad()
         loss.sum().backward()
         optimizer.step()
-        with torch.no_grad():  # project back into the ball ||delta|| <= clamp_norm_factor * ||h||
+        with torch.no_grad():  # project back into the ball ||delta|| <= clamp_norm_factor * ||h||; frozen rows stay
             delta.mul_(torch.clamp(max_norm / delta.norm(dim=1, keepdim=True).clamp_min(1e-12), max=1.0))
+            delta[done] = kept[done]
     return h + delta.detach(), nll.detach()
 
 
@@ -244,7 +310,8 @@ def optimise_targets(model: nn.Module, edits: PreparedEdits, layer: int, config:
 
 
 # The fields that decide step 1's result; the spread settings (lambda, null space, other layers) do not.
-_TARGET_FIELDS = ("v_lr", "v_steps", "v_weight_decay", "clamp_norm_factor", "kl_factor", "loss_tokens", "batch_size")
+_TARGET_FIELDS = ("v_lr", "v_steps", "v_weight_decay", "clamp_norm_factor", "kl_factor", "loss_tokens", "batch_size",
+                  "early_stop_loss", "kl_at")  # the context prefixes are in the hashed input ids
 
 
 def cached_targets(model: nn.Module, edits: PreparedEdits, layer: int, config: LocateConfig,
@@ -268,18 +335,43 @@ UpdateFn = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
 """(layer, keys K (m, N), residual R (d, N)) -> update Delta (d, m), all float64."""
 
 
+def edit_keys(model: nn.Module, edits: PreparedEdits, layer: int, batch_size: int) -> torch.Tensor:
+    """K (N, m): each edit's key at `layer`; with context copies, the mean of its bare key and of the mean of its
+    prefixed keys (the reference's compute_ks averages per context type)."""
+    keys = gather_at(model, edits.batch, edits.positions, layer, "keys", batch_size * edits.per_edit)
+    keys = keys.view(-1, edits.per_edit, keys.shape[-1])  # (N, per_edit, m)
+    return keys[:, 0] if edits.per_edit == 1 else (keys[:, 0] + keys[:, 1:].mean(1)) / 2
+
+
 def spread_update(model: nn.Module, edits: PreparedEdits, z: torch.Tensor, layers: list[int], update: UpdateFn,
                   batch_size: int) -> dict[int, float]:  # fmt: skip
     """Step 2: write z into the layers one by one (MEMIT Alg. 1); returns ||Delta_l|| (Frobenius) per layer."""
-    norms = {}
+    norms, bare = {}, edits.bare()
     for i, layer in enumerate(layers):  # keys of layer l are read with layers < l already edited
-        keys = gather_at(model, edits.batch, edits.positions, layer, "keys", batch_size).double().T  # (m, N)
-        current = gather_at(model, edits.batch, edits.positions, layers[-1], "block", batch_size).double()  # (N, d)
+        keys = edit_keys(model, edits, layer, batch_size).double().T  # (m, N)
+        current = gather_at(model, bare.batch, bare.positions, layers[-1], "block", batch_size).double()  # (N, d)
         resid = (z.double() - current).T / (len(layers) - i)  # (d, N): spread evenly over the remaining layers
         delta = update(layer, keys, resid)  # (d, m)
         add_linear_update(ffn_output_projection(model, layer), delta)
         norms[layer] = float(delta.norm())
     return norms
+
+
+@torch.no_grad()
+def step1_success(model: nn.Module, edits: PreparedEdits, layer: int, z: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """(N,) bool: with z - h added after block `layer` at each edit's key position, greedy decoding of the bare
+    prompt produces the target (the argmax at every target position, given the earlier target tokens, is the
+    next target token: one teacher-forced pass)."""
+    bare = edits.bare()
+    h = gather_at(model, bare.batch, bare.positions, layer, "block", batch_size)
+    hits = []
+    for rows in chunks(len(bare.positions), batch_size):
+        part = select_rows(bare.batch, rows)
+        with add_to_ffn_output(model, layer, (z[rows] - h[rows]).to(h.dtype), bare.positions[rows]):
+            logits = model(input_ids=part.input_ids, attention_mask=part.attention_mask).logits
+        hit = (logits[:, :-1].argmax(-1) == part.input_ids[:, 1:]) | ~part.target_mask[:, 1:]
+        hits.append(hit.all(1))
+    return torch.cat(hits)
 
 
 def memit_update(keys: torch.Tensor, resid: torch.Tensor, cov: torch.Tensor, weight: float) -> torch.Tensor:
@@ -318,13 +410,17 @@ def locate_and_edit(model: nn.Module, tokenizer: PreTrainedTokenizerBase, reques
     _warn_if_final_block(edited, layers)
     device = next(edited.parameters()).device
     suffix = config.loss_tokens == "answer"
-    edits = _to_device(prepare_edits(tokenizer, requests, context.template, context_length(edited), suffix), device)
+    prefixes = context_prefixes(edited, tokenizer, config)
+    edits = prepare_edits(tokenizer, requests, context.template, context_length(edited), suffix, prefixes)
+    edits = _to_device(edits, device)
     if statistics is None:
         statistics = key_statistics(edited, tokenizer, layers, config, context.progress)  # before any edit
     z, nll = cached_targets(edited, edits, layers[-1], config, context.work_dir)
+    reached = step1_success(edited, edits, layers[-1], z, config.batch_size)
     norms = spread_update(edited, edits, z, layers, make_update(statistics), config.batch_size)
     info = {"config": config.to_dict(), "layers": layers, "edits": len(requests), "subject_fallbacks": edits.fallbacks,
-            "target_nll_mean": float(nll.mean()), "update_norms": norms,
+            "target_nll_mean": float(nll.mean()), "step1_success": float(reached.float().mean()),
+            "context_prefixes": prefixes[1:], "update_norms": norms,
             "edit_seconds": time.perf_counter() - start}  # fmt: skip
     return edited, info
 

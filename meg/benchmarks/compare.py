@@ -150,8 +150,12 @@ def bench_markdown(bench: dict[str, Any], command: str) -> str:
     oracle = [f"- {r['method']}: collected vector of the right edit on each paraphrase (oracle): Gen-AG "
               f"{r['oracle_generality']['gen_ag']:.1f}, Gen-TF {r['oracle_generality']['gen_tf']:.1f}"
               for r in bench["results"] if r.get("oracle_generality")]
+    step1 = [f"- {r['method']}: {100 * r['stats']['step1_success']:.1f}%" for r in bench["results"]
+             if r.get("stats", {}).get("step1_success") is not None]  # fmt: skip
     table = markdown_table(["Method", *HEADERS, "edit s", "RSS MB", "q/s"], rows)
-    return header + table + ("\nGenerality upper bound:\n\n" + "\n".join(oracle) + "\n" if oracle else "")
+    return (header + table + ("\nGenerality upper bound:\n\n" + "\n".join(oracle) + "\n" if oracle else "")
+            + ("\nStep-1 success (edits whose optimised residual alone, before any weight changes, makes the model "
+               "produce the target):\n\n" + "\n".join(step1) + "\n" if step1 else ""))
 
 
 def write_bench(out_dir: str | Path, name: str, bench: dict[str, Any], command: str) -> dict[str, Path]:
