@@ -225,10 +225,9 @@ def test_context_prefixes_are_sampled_once_per_seed_and_wrap_every_edit(fact_gpt
 
 
 def test_early_stop_freezes_each_edit_on_its_own(fact_gpt2, tokenizer):
-    from meg.baselines.base import editable_copy
     from meg.baselines.memit import gather_at, optimise_targets
 
-    model = editable_copy(fact_gpt2)  # frozen: step 1's backward must not leave gradients on the shared fixture
+    model = fact_gpt2  # its parameters require gradients: step 1 must still leave none on them (checked below)
     requests = _requests(with_subject=False)[:4]
     edits = prepare_edits(tokenizer, requests, PromptTemplate(), None)
     h = gather_at(model, edits.batch, edits.positions, 1, "block", 4)
@@ -240,7 +239,7 @@ def test_early_stop_freezes_each_edit_on_its_own(fact_gpt2, tokenizer):
                                         replace(base, early_stop_loss=2.0, batch_size=1))[0] for r in requests])  # fmt: skip
     torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-4)  # the batch equals per-edit runs
     assert not torch.allclose(together, h)
-    assert all(p.grad is None for p in fact_gpt2.parameters())
+    assert all(p.grad is None for p in model.parameters())
 
 
 def test_kl_is_read_at_the_subject_token_or_after_is_a(fact_gpt2, tokenizer):

@@ -293,8 +293,7 @@ def _optimise_rows(model: nn.Module, edits: PreparedEdits, rows: slice, layer: i
         if bool(done.all()):
             break
         kept = delta.detach().clone()
-        optimizer.zero_grad()
-        loss.sum().backward()
+        (delta.grad,) = torch.autograd.grad(loss.sum(), delta)  # delta only: no gradient lands on the model
         optimizer.step()
         with torch.no_grad():  # project back into the ball ||delta|| <= clamp_norm_factor * ||h||; frozen rows stay
             delta.mul_(torch.clamp(max_norm / delta.norm(dim=1, keepdim=True).clamp_min(1e-12), max=1.0))
