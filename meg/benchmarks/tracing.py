@@ -18,7 +18,6 @@ no signal and ROME leaves them out too. The same noise draws are used for every 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
@@ -29,6 +28,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from meg.data.records import read_records
 from meg.errors import InputError
 from meg.results import markdown_table, write_results
 from meg.surgery import add_to_input_embeddings, capture_activations, frozen_eval, num_layers, set_block_output
@@ -60,8 +60,8 @@ class TracedFact(NamedTuple):
 def load_facts(path: str | Path) -> list[TracedFact]:
     """True facts with subjects: ROME's known_1000.json (prompt, subject, attribute) or a CounterFact file
     (prompt, subject, the true answer)."""
-    records = json.loads(Path(path).read_text(encoding="utf-8"))
-    if records and isinstance(records[0], dict) and "attribute" in records[0]:
+    records = read_records(path)
+    if "attribute" in records[0]:
         return [TracedFact(r["prompt"], r["subject"], r["attribute"]) for r in records]
     from meg.data.counterfact import load_counterfact
 
