@@ -77,13 +77,31 @@ GRID_1024: list[tuple[str, str, dict]] = [
     ("alphaedit", "L0-2 t0.1 l2=30", {**_L02, "nullspace_threshold": 0.1, "l2": 30.0}),
     ("alphaedit", "L0-2 t0.2 l2=100", {**_L02, "nullspace_threshold": 0.2, "l2": 100.0}),
 ]
-GRIDS = {"n64": GRID, "n1024": GRID_1024}
+# reference-2 (10 layers, d 256; MeG's default layer 3), 1,024 edits, MEMIT / AlphaEdit as the reference code runs
+# step 1 (context templates, early stop, KL at the subject: the LocateConfig defaults). Starting points from the
+# single-edit sweep (docs/results/single-edits-reference-2-val-sweep.md): v_lr 2 / clamp 4, lambda 300 at one edit;
+# lambda and the ridge grow with N, so the grid spans lambda 300-10,000 and l2 1-100. Rows ending at layer 3 share
+# one step 1.
+_L13 = {**_V, "layers": [1, 2, 3]}
+GRID_R2_1024: list[tuple[str, str, dict]] = [
+    ("unedited", "no edit (reference row)", {}),
+    *[("ft", f"L{layer} lr0.002", {"layer": layer, "lr": 2e-3}) for layer in (3, 5)],
+    ("ft", "L3 lr0.0005", {"layer": 3, "lr": 5e-4}),
+    *[("memit", f"L1-3 w{w:g}", {**_L13, "mom2_update_weight": w}) for w in (300, 1000, 3000, 10000)],
+    *[("alphaedit", f"L1-3 t0.02 l2={l2:g}", {**_L13, "l2": l2}) for l2 in (1.0, 10.0, 100.0)],
+    *[("memit", f"L0-3 w{w:g}", {**_V, "layers": [0, 1, 2, 3], "mom2_update_weight": w}) for w in (1000, 3000)],
+    ("alphaedit", "L0-3 t0.02 l2=10", {**_V, "layers": [0, 1, 2, 3], "l2": 10.0}),
+]
+GRIDS = {"n64": GRID, "n1024": GRID_1024, "r2-1024": GRID_R2_1024}
 GRID_NOTES = {
     "n64": "Two passes: the grid, then settings around each method's best (the rows after the first AlphaEdit block).",
     "n1024": "Two passes: the grid around the N = 64 choices (first row of each method), then more layers and "
              "ridges around each method's best (the rows after the first pass's last AlphaEdit row). MEMIT and "
              "AlphaEdit rows with the same last layer share their cached step-1 target values, so only the first "
              "of them pays for the delta optimisation.",
+    "r2-1024": "One pass around the single-edit choices (v_lr 2, clamp 4; lambda and ridge raised for 1,024 edits); "
+                "MEMIT / AlphaEdit with the reference code's step 1 (context templates, early stop, KL at the "
+                "subject); rows ending at layer 3 share their cached step-1 target values.",
 }
 
 
@@ -150,14 +168,14 @@ def markdown(rows: list[dict], setup: dict, chosen: dict) -> str:
     best = "\n".join(f"- {m}: `{r['name']}` (Score {r['score']:.2f}): `{json.dumps(r['config'])}`"
                      for m, r in chosen.items())
     total = sum(r["edit_s"] + r["eval_s"] for r in rows)
-    return (f"# Baseline hyperparameter sweep (reference model)\n\nCommand: `{setup['command']}`. {setup['n']} edits "
+    return (f"# Baseline hyperparameter sweep ({setup['model']})\n\nCommand: `{setup['command']}`. {setup['n']} edits "
             f"(first records of counterfact-val.json), one batch; paper metrics (percent), Score = harmonic mean. "
             f"Key statistics: {setup['statistics']['texts']} lines of the model's training text, "
             f"{setup['statistics']['seconds']:.0f} s once, then cached. {setup['threads']} torch thread(s) on a "
             f"shared 2-core CPU: seconds are upper bounds; {len(rows)} settings took {total / 60:.1f} min in all. "
             f"One edit is {100 / setup['n']:.1f} points of a Rel/Gen/Loc AG column, so Score differences of a "
             f"few points are within noise. {GRID_NOTES[setup['grid']]}\n\n{markdown_table(headers, cells)}\nChosen (best Score per "
-            f"method, stored as `PRESETS[\"reference\"]` in meg/baselines/{{ft,memit,alphaedit}}.py):\n\n{best}\n")
+            f"method, stored as `PRESETS[\"{setup['model']}\"]` in meg/baselines/{{ft,memit,alphaedit}}.py):\n\n{best}\n")
 
 
 def main() -> None:
@@ -200,12 +218,14 @@ def main() -> None:
     methods_run = sorted({r["method"] for r in rows} - {"unedited"})
     chosen = {m: max((r for r in rows if r["method"] == m), key=lambda r: r["score"]) for m in methods_run}
     grid_flag = f" --grid {args.grid}" if args.grid != "n64" else ""
-    command = f"python scripts/sweep_baselines.py --n {args.n}{grid_flag} --threads {args.threads}"
+    model_flag = f" --model {args.model}" if args.model != "reference" else ""
+    command = f"python scripts/sweep_baselines.py{model_flag} --n {args.n}{grid_flag} --threads {args.threads}"
     setup = {"command": command, "model": args.model, "n": args.n, "grid": args.grid, "threads": args.threads,
              "statistics": statistics,
              "data": "counterfact-val.json", "template": dataset.template.text}  # fmt: skip
     data = {"setup": setup, "rows": rows, "chosen": {m: r["config"] for m, r in chosen.items()}}
     stem = "baseline-sweep" if args.grid == "n64" else f"baseline-sweep-{args.n}"
+    stem = stem if args.model == "reference" else stem.replace("baseline-sweep", f"baseline-sweep-{args.model}")
     paths = write_results(args.out, stem, data, markdown(rows, setup, chosen))
     print("wrote", ", ".join(str(p) for p in paths.values()))
 
