@@ -40,6 +40,9 @@ from meg.training_state import (
 HIDDEN_MULT = 4  # each block's hidden width, in multiples of the embedding width
 DROPOUT = 0.1
 LABELS = 10  # random classes; the maximum entropy is ln 10 = 2.30 nats
+# The paper's fixed thresholds as named settings (nats): 0.1 in the paper's text, 0.3 / 0.6 / 0.7 in the research
+# code's run scripts, each hand-tuned per model and data set on the test data. Use: GateConfig(epsilon=...[name]).
+PAPER_EPSILONS: dict[str, float] = {"paper": 0.1, "code-0.3": 0.3, "code-0.6": 0.6, "code-0.7": 0.7}
 
 
 @dataclass(frozen=True)
@@ -291,6 +294,7 @@ def choose_epsilon(config: GateConfig, unrelated_entropies: torch.Tensor | None 
 
 
 __all__ = [
+    "PAPER_EPSILONS",
     "Calibration",
     "FamiliarityGate",
     "GateConfig",

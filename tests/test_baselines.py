@@ -119,24 +119,40 @@ def test_target_values_are_cached_and_shared_by_memit_and_alphaedit(fact_gpt2, t
     from meg.baselines import memit
 
     requests = _requests(with_subject=False)
-    configs = _configs(stats_dir)
-    fresh = get_method("memit")(fact_gpt2, tokenizer, requests, EditContext(config=configs["memit"], progress=False))
-    context = EditContext(config=configs["memit"], progress=False, work_dir=tmp_path)
-    first = get_method("memit")(fact_gpt2, tokenizer, requests, context)
+    config = {**_configs(stats_dir)["memit"], "batch_size": 2}  # chunks of 2 edits, each cached on its own
+    fresh = get_method("memit")(fact_gpt2, tokenizer, requests, EditContext(config=config, progress=False))
+    context = EditContext(config=config, progress=False, work_dir=tmp_path)
+    optimise, calls = memit._optimise_rows, []
+
+    def interrupted(*args):
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # after the first chunk was optimised and saved
+        calls.append(args[2])
+        return optimise(*args)
+
+    monkeypatch.setattr(memit, "_optimise_rows", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        get_method("memit")(fact_gpt2, tokenizer, requests, context)
     assert len(list(tmp_path.glob("locate-targets-*.safetensors"))) == 1
+    monkeypatch.setattr(memit, "_optimise_rows", lambda *args: calls.append(args[2]) or optimise(*args))
+    first = get_method("memit")(fact_gpt2, tokenizer, requests, context)  # resumes at the second chunk
+    chunks = -(-len(requests) // 2)
+    assert calls == [slice(i * 2, min(i * 2 + 2, len(requests))) for i in range(chunks)]
+    assert len(list(tmp_path.glob("locate-targets-*.safetensors"))) == chunks
 
     def fail(*args, **kwargs):
         raise AssertionError("targets recomputed although cached")
 
-    monkeypatch.setattr(memit, "optimise_targets", fail)
+    monkeypatch.setattr(memit, "_optimise_rows", fail)
     again = get_method("memit")(fact_gpt2, tokenizer, requests, context)
     weights = lambda lm: lm.model.state_dict()  # noqa: E731
     assert all(torch.equal(weights(fresh)[k], weights(first)[k]) for k in weights(fresh))
     assert all(torch.equal(weights(first)[k], weights(again)[k]) for k in weights(first))
     # AlphaEdit with the same step-1 settings reads MEMIT's targets; other v settings would not.
-    get_method("alphaedit")(fact_gpt2, tokenizer, requests, replace(context, config=configs["alphaedit"]))
+    alphaedit = {**_configs(stats_dir)["alphaedit"], "batch_size": 2}
+    get_method("alphaedit")(fact_gpt2, tokenizer, requests, replace(context, config=alphaedit))
     with pytest.raises(AssertionError, match="recomputed"):
-        get_method("memit")(fact_gpt2, tokenizer, requests, replace(context, config={**configs["memit"], "v_lr": 1.0}))
+        get_method("memit")(fact_gpt2, tokenizer, requests, replace(context, config={**config, "v_lr": 1.0}))
 
 
 def test_second_moment_counts_no_padding(fact_gpt2, tokenizer):

@@ -197,3 +197,22 @@ def test_a_file_that_is_not_a_training_checkpoint_is_refused(tmp_path):
     save_tensors(path, {"x": torch.zeros(1)})
     with pytest.raises(InputError, match="not a training checkpoint"):
         train_gate(_unit(10, seed=0), GateConfig(max_epochs=2), progress=False, checkpoint=path)
+
+
+def test_the_shipped_config_files_are_valid_and_name_the_papers_epsilons():
+    """configs/*.json are what the results pages pass to `meg bench --configs`: each must pass the bench's own
+    check, and the meg-paper-eps files must be exactly the paper's named thresholds."""
+    from pathlib import Path
+
+    from meg.benchmarks.routing import VARIANTS
+    from meg.gate import PAPER_EPSILONS
+    from meg.methods import check_methods
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    for path in sorted(root.glob("*.json")):
+        configs = json.loads(path.read_text())
+        check_methods(tuple(configs), configs, command=path.name)
+    shipped = sorted(json.loads(p.read_text())["meg-paper"]["gate"]["epsilon"] for p in root.glob("meg-paper-eps*.json"))
+    assert shipped == sorted(PAPER_EPSILONS.values())
+    fixed = {v.gate_config["epsilon"] for k, v in VARIANTS.items() if k.startswith("paper-gate/tuned-eps")}
+    assert fixed == set(PAPER_EPSILONS.values())

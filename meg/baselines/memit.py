@@ -167,6 +167,10 @@ class PreparedEdits:
         rows = slice(0, None, self.per_edit)
         return replace(self, batch=select_rows(self.batch, rows), positions=self.positions[rows], per_edit=1)
 
+    def __len__(self) -> int:
+        """The number of edits (not batch rows: each edit has `per_edit` of those)."""
+        return len(self.kl_weight)
+
     def rows_of(self, edits: slice) -> slice:
         """The batch rows of a slice of edits."""
         return slice(edits.start * self.per_edit, edits.stop * self.per_edit)
@@ -303,7 +307,7 @@ def _optimise_rows(model: nn.Module, edits: PreparedEdits, rows: slice, layer: i
 
 def optimise_targets(model: nn.Module, edits: PreparedEdits, layer: int, config: LocateConfig):
     """Step 1 for every edit, `batch_size` rows at a time: (z (N, d), final target NLL (N,))."""
-    rows = chunks(len(edits.positions), config.batch_size)
+    rows = chunks(len(edits), config.batch_size)
     results = [_optimise_rows(model, edits, part, layer, config) for part in rows]
     return torch.cat([z for z, _ in results]), torch.cat([nll for _, nll in results])
 
@@ -315,17 +319,29 @@ _TARGET_FIELDS = ("v_lr", "v_steps", "v_weight_decay", "clamp_norm_factor", "kl_
 
 def cached_targets(model: nn.Module, edits: PreparedEdits, layer: int, config: LocateConfig,
                    work_dir: Path | None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """`optimise_targets`, stored in `work_dir` under a hash of its inputs: MEMIT and AlphaEdit settings that
-    differ only in how the targets are spread (a sweep, or both methods in one bench) compute them once."""
+    """`optimise_targets` with each chunk of `batch_size` edits stored in `work_dir` under a hash of its inputs (rows
+    never interact, so a chunk's targets depend on its own rows only): MEMIT and AlphaEdit settings that differ only
+    in how the targets are spread (a sweep, or both methods in one bench) compute them once, and an interrupted
+    step 1 resumes at its first unfinished chunk."""
     if work_dir is None:
         return optimise_targets(model, edits, layer, config)
-    key = digest(fingerprint(model), layer, {f: getattr(config, f) for f in _TARGET_FIELDS},
-                 edits.batch.input_ids, edits.batch.target_mask, edits.positions, edits.kl_ids, edits.kl_weight)
-    path = Path(work_dir) / files.LOCATE_TARGETS.format(key=key)
+    job = digest(fingerprint(model), layer, {f: getattr(config, f) for f in _TARGET_FIELDS})
+    parts = [_cached_rows(model, edits, rows, layer, config, Path(work_dir), job)
+             for rows in chunks(len(edits), config.batch_size)]
+    return torch.cat([z for z, _ in parts]), torch.cat([nll for _, nll in parts])
+
+
+def _cached_rows(model: nn.Module, edits: PreparedEdits, rows: slice, layer: int, config: LocateConfig,
+                 work_dir: Path, job: str) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """`_optimise_rows` for one chunk, from `work_dir` when the same job optimised the same rows before."""
+    batch_rows = edits.rows_of(rows)
+    key = digest(job, edits.batch.input_ids[batch_rows], edits.batch.target_mask[batch_rows],
+                 edits.positions[batch_rows], edits.kl_ids[rows], edits.kl_weight[rows])
+    path = work_dir / files.LOCATE_TARGETS.format(key=key)
     if path.is_file():
         saved = files.load_tensors(path)
         return saved["z"].to(edits.positions.device), saved["nll"].to(edits.positions.device)
-    z, nll = optimise_targets(model, edits, layer, config)
+    z, nll = _optimise_rows(model, edits, rows, layer, config)
     files.save_tensors(path, {"z": z.cpu().contiguous(), "nll": nll.cpu().contiguous()})
     return z, nll
 

@@ -18,7 +18,7 @@ import torch
 
 from meg.data.defaults import held_out_negatives
 from meg.encoder import EncoderConfig, tuned_encoder
-from meg.gate import GateConfig
+from meg.gate import PAPER_EPSILONS, GateConfig
 from meg.prompts import normalize_answer
 from meg.pseudo_edits import split_pairs
 from meg.requests import EditRequest, PseudoPair
@@ -59,6 +59,10 @@ VARIANTS: dict[str, RouterVariant] = {
                                           encoder_config=_PAPER, gate_config=_CAPPED),
     "paper-gate/hard-300": RouterVariant("paper gate, InfoNCE + hard negatives, training capped at 300 epochs",
                                          "paper-gate", gate_config=_CAPPED),
+    # The paper's operating point: its encoder tuning and a fixed epsilon (meg.gate.PAPER_EPSILONS), not calibrated.
+    **{f"paper-gate/tuned-eps{eps:g}": RouterVariant(f"paper gate, InfoNCE encoder, fixed epsilon {eps:g} ({name})",
+                                                     "paper-gate", encoder_config=_PAPER, gate_config={"epsilon": eps})
+       for name, eps in PAPER_EPSILONS.items()},
     "retrieval/default": RouterVariant("subject-verified retrieval as configured by default (RetrievalConfig(), "
                                        "hard-negative encoder)", "retrieval"),
     "retrieval/veto1": RouterVariant("the default router whose verifier vetoes candidates scoring under 1% of the "
