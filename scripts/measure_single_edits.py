@@ -63,13 +63,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def sample(records: Path, n: int, seed: int):
     """The dataset and `n` of its records with their subject in the prompt, sampled as measure_step1 does."""
-    import random
-
-    from meg.data import load_dataset
+    from meg.data import load_dataset, sample_with_subject
 
     dataset = load_dataset(records)
-    usable = [i for i, r in enumerate(dataset.requests) if r.subject and r.subject in r.prompt]
-    return dataset, sorted(random.Random(seed).sample(usable, min(n, len(usable))))
+    return dataset, sorted(sample_with_subject(dataset.requests, n, seed))
 
 
 def run(args: argparse.Namespace, settings: dict, work: Path) -> list[dict]:
@@ -133,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     work.mkdir(parents=True, exist_ok=True)
     rows = summarise(run(args, settings, work), settings)
     command = "python scripts/measure_single_edits.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-    fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
+    fmt = lambda v: "-" if v is None else f"{v:.1f}"
     table = markdown_table(["setting", "method", "config", *(m.replace("_", "-").title() for m in METRICS), "Score",
                             "step-1 %", "s / edit"],
                            [[r["setting"], r["method"], f"`{json.dumps(r['config'])}`", *(fmt(r[m]) for m in METRICS),

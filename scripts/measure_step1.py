@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import random
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -53,11 +52,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def sample_requests(path: Path, n: int, pool: int | None, seed: int) -> list:
     """`n` edits with their subject in the prompt, sampled with `seed` from the first `pool` records."""
-    from meg.data.counterfact import load_counterfact
+    from meg.data import load_counterfact, sample_with_subject
 
     requests = load_counterfact(path)[:pool]
-    usable = [r for r in requests if r.subject and r.subject in r.prompt]
-    return random.Random(seed).sample(usable, min(n, len(usable)))
+    return [requests[i] for i in sample_with_subject(requests, n, seed)]
 
 
 def middle_layers(n_layers: int) -> list[int]:

@@ -289,3 +289,14 @@ def test_assets_disjoint_from_benchmarks():
     assert not shipped & benchmark
     val = load_dataset(SHARED / "counterfact/counterfact-val.json").requests[:300]
     assert demo_requests() == val
+
+
+def test_sample_with_subject_draws_seeded_indices_of_prompts_naming_their_subject():
+    from meg.data import sample_with_subject
+    from meg.requests import EditRequest
+
+    requests = [EditRequest(f"Where is {s} based?", "Oslo", subject=s) for s in ("Acme", "Bolt", "Crux", "Dyne")]
+    requests += [EditRequest("Where is it based?", "Oslo", subject="Acme"), EditRequest("Where is Acme?", "Oslo")]
+    drawn = sample_with_subject(requests, 3, seed=7)
+    assert drawn == sample_with_subject(requests, 3, seed=7) and len(set(drawn)) == 3 and set(drawn) <= {0, 1, 2, 3}
+    assert sorted(sample_with_subject(requests, 10, seed=0)) == [0, 1, 2, 3]  # all usable ones when fewer than n

@@ -58,7 +58,7 @@ class AlphaEditConfig(LocateConfig):
 # research code's 10 let 1,024 edits wipe out locality: Loc-AG 16%). Pass "data_dir" with it, as for MEMIT.
 PRESETS: dict[str, AlphaEditConfig] = {
     "reference": AlphaEditConfig(layers=(0, 1, 2), v_lr=2.0, clamp_norm_factor=4.0, nullspace_threshold=0.2, l2=100.0,
-                                 **AS_SWEPT_ON_REFERENCE),  # fmt: skip
+                                 **AS_SWEPT_ON_REFERENCE),
 }
 
 

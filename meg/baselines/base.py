@@ -20,6 +20,7 @@ from meg.errors import InputError
 from meg.methods.unedited import PlainLM
 from meg.prompts import AnswerBatch, LossTokens, PromptTemplate, pad_id
 from meg.settings import Settings
+from meg.surgery import logits_at
 
 C = TypeVar("C", bound="BaselineConfig")
 
@@ -68,16 +69,19 @@ class WeightEditedLM(PlainLM):
         return dict(self.info)
 
 
-def target_nll(logits: torch.Tensor, batch: AnswerBatch, tokens: LossTokens = "target") -> torch.Tensor:
-    """Per row: mean negative log-likelihood of the target tokens ("answer": target + "." + EOS, when the batch
-    was encoded with the suffix). logits (B, T, V) -> (B,).
+def target_nll(model: nn.Module, batch: AnswerBatch, tokens: LossTokens = "target") -> torch.Tensor:
+    """Per row: mean negative log-likelihood under `model` of the target tokens ("answer": target + "." + EOS, when
+    the batch was encoded with the suffix). -> (B,)
 
-    Token t is scored from the logits at t - 1 (teacher forcing, as `meg.decoding.teacher_forced_accuracy`).
-    """
-    logprobs = F.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, T-1, V)
-    token_lp = logprobs.gather(-1, batch.input_ids[:, 1:, None]).squeeze(-1)  # (B, T-1)
-    mask = batch.loss_mask(tokens)[:, 1:].float()  # (B, T-1)
-    return -(token_lp * mask).sum(1) / mask.sum(1)
+    Token t is scored from the logits at t - 1 (teacher forcing, as `meg.decoding.teacher_forced_accuracy`), and
+    the output projection is computed only where a scored token is predicted (`logits_at`: a few answer tokens
+    per row instead of every position)."""
+    scored = batch.loss_mask(tokens)[:, 1:]  # (B, T-1): token t + 1 is scored from the logits at t
+    where = F.pad(scored, (0, 1))  # (B, T)
+    logits = logits_at(model, batch.input_ids, batch.attention_mask, where)  # (K, V), row-major
+    token_lp = F.log_softmax(logits.float(), dim=-1).gather(-1, batch.input_ids[:, 1:][scored][:, None]).squeeze(-1)
+    total = torch.zeros(len(scored), dtype=token_lp.dtype, device=token_lp.device)
+    return -total.index_add(0, where.nonzero()[:, 0], token_lp) / scored.sum(1)
 
 
 def chunks(n: int, size: int) -> list[slice]:

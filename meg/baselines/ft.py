@@ -86,8 +86,7 @@ def _step(model: nn.Module, batch: AnswerBatch, config: FTConfig) -> float:
     total, n = 0.0, batch.input_ids.shape[0]
     for rows in chunks(n, config.batch_size):
         part = select_rows(batch, rows)
-        logits = model(input_ids=part.input_ids, attention_mask=part.attention_mask).logits  # (b, T, V)
-        loss = target_nll(logits, part, config.loss_tokens).sum() / n
+        loss = target_nll(model, part, config.loss_tokens).sum() / n
         loss.backward()
         total += float(loss.detach())
     return total

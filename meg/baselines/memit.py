@@ -71,6 +71,7 @@ from meg.surgery import (
     capture_activations,
     context_length,
     ffn_output_projection,
+    logits_at,
     neuron_spec,
     num_layers,
 )
@@ -140,7 +141,7 @@ class MEMITConfig(LocateConfig):
 AS_SWEPT_ON_REFERENCE = {"context_templates": 0, "early_stop_loss": 0.0, "kl_at": "end"}
 PRESETS: dict[str, MEMITConfig] = {
     "reference": MEMITConfig(layers=(0, 1, 2), v_lr=2.0, clamp_norm_factor=4.0, mom2_update_weight=3000.0,
-                             **AS_SWEPT_ON_REFERENCE),  # fmt: skip
+                             **AS_SWEPT_ON_REFERENCE),
 }
 
 
@@ -254,30 +255,34 @@ def gather_at(model: nn.Module, batch: AnswerBatch, positions: torch.Tensor, lay
     return torch.cat(out)
 
 
-def _kl_logprobs(model: nn.Module, edits: PreparedEdits, rows: slice, layer: int, delta: torch.Tensor | None,
-                 kl_at: str):  # fmt: skip
+def _kl_logprobs(model: nn.Module, edits: PreparedEdits, rows: slice | torch.Tensor, layer: int,
+                 delta: torch.Tensor | None, kl_at: str):  # fmt: skip
     """log p(next token) (n, V) of "{s} is a" read at the subject's last token (kl_at "subject") or after "is a"
-    ("end"), with `delta` added at the subject's last token when given."""
-    mount = nullcontext() if delta is None else add_to_ffn_output(model, layer, delta, edits.kl_positions[rows])
-    with mount:
-        logits = model(input_ids=edits.kl_ids[rows], attention_mask=edits.kl_mask[rows]).logits  # (n, T', V)
+    ("end"), with `delta` added at the subject's last token when given; `rows`: the edits (a slice or indices)."""
+    ids, mask, positions = edits.kl_ids[rows], edits.kl_mask[rows], edits.kl_positions[rows]
     read = (edits.kl_positions if kl_at == "subject" else edits.kl_last)[rows]
-    return F.log_softmax(logits[torch.arange(logits.shape[0]), read].float(), dim=-1)  # (n, V)
+    where = torch.zeros_like(mask, dtype=torch.bool)
+    where[torch.arange(len(read)), read] = True  # one row each, in row order
+    mount = nullcontext() if delta is None else add_to_ffn_output(model, layer, delta, positions)
+    with mount:
+        logits = logits_at(model, ids, mask, where)  # (n, V)
+    return F.log_softmax(logits.float(), dim=-1)
 
 
 def _target_loss(model: nn.Module, part: AnswerBatch, positions: torch.Tensor, layer: int, delta: torch.Tensor,
                  tokens: LossTokens) -> torch.Tensor:  # fmt: skip
+    """Per row of `part`: the target NLL with `delta` added at `positions` after block `layer`. -> (n,)"""
     with add_to_ffn_output(model, layer, delta, positions):
-        logits = model(input_ids=part.input_ids, attention_mask=part.attention_mask).logits  # (n, T, V)
-    return target_nll(logits, part, tokens)  # (n,)
+        return target_nll(model, part, tokens)
 
 
 def _optimise_rows(model: nn.Module, edits: PreparedEdits, rows: slice, layer: int, config: LocateConfig):
     """z = h + delta for the edits in `rows` (Eq. 16 with the KL and weight-decay terms, the NLL averaged over each
-    edit's context copies, an edit frozen once its loss is below `early_stop_loss`); -> (z (n, d), nll (n,))."""
+    edit's context copies, an edit frozen once its loss is below `early_stop_loss`); -> (z (n, d), nll (n,)).
+    Rows never interact, so each step runs the edits not yet frozen only."""
     per_edit, batch_rows = edits.per_edit, edits.rows_of(rows)
-    part, positions = select_rows(edits.batch, batch_rows), edits.positions[batch_rows]
-    h = gather_at(model, part, positions, layer, "block", len(positions))[::per_edit]  # (n, d) bare prompts
+    h = gather_at(model, select_rows(edits.batch, batch_rows), edits.positions[batch_rows], layer, "block",
+                  batch_rows.stop - batch_rows.start)[::per_edit]  # (n, d) bare prompts
     use_kl = config.kl_factor > 0 and bool(edits.kl_weight[rows].any())
     with torch.no_grad():
         kl_init = _kl_logprobs(model, edits, rows, layer, None, config.kl_at) if use_kl else None
@@ -285,15 +290,12 @@ def _optimise_rows(model: nn.Module, edits: PreparedEdits, rows: slice, layer: i
     optimizer = torch.optim.Adam([delta], lr=config.v_lr)
     max_norm = config.clamp_norm_factor * h.norm(dim=1, keepdim=True)  # (n, 1)
     done = torch.zeros(h.shape[0], dtype=torch.bool, device=h.device)
+    final_nll = torch.zeros(h.shape[0], device=h.device)
     for _ in range(config.v_steps):
-        each = _target_loss(model, part, positions, layer, delta.repeat_interleave(per_edit, 0), config.loss_tokens)
-        nll = each.view(-1, per_edit).mean(1)  # (n,)
-        loss = nll + config.v_weight_decay * delta.norm(dim=1) / h.norm(dim=1) ** 2
-        if kl_init is not None:
-            current = _kl_logprobs(model, edits, rows, layer, delta, config.kl_at)
-            kl = (current.exp() * (current - kl_init)).sum(-1)  # KL(current || initial), (n,)
-            loss = loss + config.kl_factor * edits.kl_weight[rows] * kl
-        done |= loss.detach() < config.early_stop_loss
+        active = (~done).nonzero()[:, 0]  # (a,) edits of this chunk still optimised
+        loss, nll = _active_loss(model, edits, rows.start, active, layer, delta, h, kl_init, config)
+        final_nll[active] = nll.detach()
+        done[active] = loss.detach() < config.early_stop_loss
         if bool(done.all()):
             break
         kept = delta.detach().clone()
@@ -302,7 +304,25 @@ def _optimise_rows(model: nn.Module, edits: PreparedEdits, rows: slice, layer: i
         with torch.no_grad():  # project back into the ball ||delta|| <= clamp_norm_factor * ||h||; frozen rows stay
             delta.mul_(torch.clamp(max_norm / delta.norm(dim=1, keepdim=True).clamp_min(1e-12), max=1.0))
             delta[done] = kept[done]
-    return h + delta.detach(), nll.detach()
+    return h + delta.detach(), final_nll
+
+
+def _active_loss(model: nn.Module, edits: PreparedEdits, first: int, local: torch.Tensor, layer: int,
+                 delta: torch.Tensor, h: torch.Tensor, kl_init: torch.Tensor | None, config: LocateConfig):
+    """Step 1's loss and target NLL, (a,) each, of the chunk's edits `local` (indices into the chunk, which starts
+    at edit `first`; `delta`, `h`, `kl_init` hold the whole chunk)."""
+    per_edit, at = edits.per_edit, first + local  # at: the edits' indices in the batch
+    batch_rows = (at[:, None] * per_edit + torch.arange(per_edit, device=at.device)).flatten()
+    step = delta[local]  # (a, d); the gradient reaches delta's active rows only
+    each = _target_loss(model, select_rows(edits.batch, batch_rows), edits.positions[batch_rows], layer,
+                        step.repeat_interleave(per_edit, 0), config.loss_tokens)  # fmt: skip
+    nll = each.view(-1, per_edit).mean(1)  # (a,)
+    loss = nll + config.v_weight_decay * step.norm(dim=1) / h[local].norm(dim=1) ** 2
+    if kl_init is not None:
+        current = _kl_logprobs(model, edits, at, layer, step, config.kl_at)
+        kl = (current.exp() * (current - kl_init[local])).sum(-1)  # KL(current || initial), (a,)
+        loss = loss + config.kl_factor * edits.kl_weight[at] * kl
+    return loss, nll
 
 
 def optimise_targets(model: nn.Module, edits: PreparedEdits, layer: int, config: LocateConfig):

@@ -7,7 +7,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
@@ -91,6 +92,13 @@ def load_dataset(
     return Dataset(path.stem, resolved, requests, template_for(resolved, template), path)
 
 
+def sample_with_subject(requests: Sequence[EditRequest], n: int, seed: int) -> list[int]:
+    """Indices of `n` requests (all if fewer) whose subject is named in their prompt, drawn with `seed` in draw
+    order: the edits that locate-then-edit measurements can key at the subject's last token."""
+    usable = [i for i, r in enumerate(requests) if r.subject and r.subject in r.prompt]
+    return random.Random(seed).sample(usable, min(n, len(usable)))
+
+
 __all__ = [
     "TEMPLATES",
     "Dataset",
@@ -101,6 +109,7 @@ __all__ = [
     "load_dataset",
     "load_knowedit",
     "load_zsre",
+    "sample_with_subject",
     "template_for",
     "true_facts_counterfact",
     "true_facts_knowedit",
