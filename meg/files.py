@@ -60,6 +60,7 @@ REPORT_MD = "report.md"
 REPORT_PNG = "report.png"
 BASELINE_CACHE = "pre_edit_outputs.jsonl"
 BENCH_RESULT = "bench_result.json"  # one method's finished row of `meg bench`
+BENCH_ROW = "bench_row.json"  # the settings a row's records in its run directory were made with
 LOCATE_TARGETS = "locate-targets-{key}.safetensors"  # MEMIT / AlphaEdit step-1 targets of one chunk of edits
 TUNED_ENCODER = "encoder-{key}.safetensors"  # a tuned encoder layer in a work directory, keyed by inputs
 TRAINED_VERIFIER = "verifier-{key}.safetensors"  # the routing verifier's trained layers, keyed by inputs

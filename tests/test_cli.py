@@ -119,6 +119,14 @@ def test_bench_compares_methods_and_resumes(workspace, tmp_path):
     assert again.exit_code == 0, again.output
     assert json.loads((tmp_path / "results" / "tiny.json").read_text())["results"] == bench["results"]
     assert not (tmp_path / "bench" / "ft" / "records.jsonl").exists()
+    # Another FT config: the row is evaluated afresh, its old records and result set aside, not resumed or deleted.
+    (tmp_path / "configs.json").write_text(json.dumps({"ft": {"layer": 1, "lr": 1e-6, "steps": 1}}))
+    changed = invoke(*args)
+    assert changed.exit_code == 0, changed.output
+    row = {r["method"]: r for r in json.loads((tmp_path / "results" / "tiny.json").read_text())["results"]}["ft"]
+    assert row["metrics"]["rel_ag"] < rows["ft"]["metrics"]["rel_ag"] and row["stats"]["config"]["lr"] == 1e-6
+    aside = list((tmp_path / "bench" / "ft").glob("superseded-*/bench_result.json"))
+    assert len(aside) == 1 and json.loads(aside[0].read_text())["result"] == rows["ft"]
 
 
 def test_records_longer_than_the_context_are_refused_before_the_model_loads(workspace, tmp_path):

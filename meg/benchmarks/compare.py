@@ -95,10 +95,29 @@ def bench_method(name: str, prep, config: BenchConfig, run_dir: Path, mix: Seque
         saved = files.read_json(done)
         if saved.get("run") == frozen(run):
             return saved["result"]
+    _set_aside_other_settings(run_dir, frozen(run))
     result = _measure_method(name, run, prep, run_dir, mix, work)
     if ranks().main:  # under `accelerate launch` rank 0 writes; every rank has the same records
         files.atomic_write_json(done, {"run": frozen(run), "result": result})
     return result
+
+
+def _set_aside_other_settings(run_dir: Path, run: dict[str, Any]) -> None:
+    """Records resume only into the settings they were made with: a row's records, result and marker made with
+    other settings (a changed config) are moved to `run_dir`/superseded-<key>/, never deleted, so the row is
+    evaluated afresh; then `run_dir` is marked with `run`. Rows from before the marker: their result names them."""
+    marker, done, group = run_dir / files.BENCH_ROW, run_dir / files.BENCH_RESULT, ranks()
+    owner = files.read_json(marker) if marker.exists() else files.read_json(done).get("run") if done.exists() else None
+    if group.main and owner is not None and owner != run:
+        aside = run_dir / f"superseded-{files.digest(owner)}"
+        aside.mkdir(parents=True, exist_ok=True)
+        for path in (run_dir / files.RUN_RECORDS, done, marker):
+            if path.exists():
+                path.replace(aside / path.name)
+    if group.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        files.atomic_write_json(marker, run)
+    group.barrier()  # no rank reads the row's records before they are set aside
 
 
 def _measure_method(name: str, run: RunConfig, prep, run_dir: Path, mix: Sequence[str], work: Path) -> dict[str, Any]:
