@@ -89,8 +89,6 @@ GRID_R2_1024: list[tuple[str, str, dict]] = [
     ("ft", "L3 lr0.0005", {"layer": 3, "lr": 5e-4}),
     *[("memit", f"L1-3 w{w:g}", {**_L13, "mom2_update_weight": w}) for w in (300, 1000, 3000, 10000)],
     *[("alphaedit", f"L1-3 t0.02 l2={l2:g}", {**_L13, "l2": l2}) for l2 in (1.0, 10.0, 100.0)],
-    *[("memit", f"L0-3 w{w:g}", {**_V, "layers": [0, 1, 2, 3], "mom2_update_weight": w}) for w in (1000, 3000)],
-    ("alphaedit", "L0-3 t0.02 l2=10", {**_V, "layers": [0, 1, 2, 3], "l2": 10.0}),
 ]
 GRIDS = {"n64": GRID, "n1024": GRID_1024, "r2-1024": GRID_R2_1024}
 GRID_NOTES = {

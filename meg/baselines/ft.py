@@ -67,8 +67,12 @@ class FTConfig(BaselineConfig):
 # FT writes the edits reliably but damages unrelated facts; lower rates or an FT-L box trade Rel for Loc. At the
 # benchmarks' 1,024 edits it is still the best FT row (Score 23.0 vs 15-20 for lr 1e-3, 5e-4 and layer 2;
 # docs/results/baseline-sweep-1024.md).
+# reference-2 (10 layers): 1,024 counterfact-val edits, docs/results/baseline-sweep-reference-2-1024.md
+# (`python scripts/sweep_baselines.py --model reference-2 --n 1024 --grid r2-1024 --threads 1`): layer 5 at lr 2e-3,
+# Score 25.0 (Rel 35, Gen 16, Loc 31 AG); layer 3 22.1; lr 5e-4 keeps Loc 84 but edits 6% (Score 8.2).
 PRESETS: dict[str, FTConfig] = {
     "reference": FTConfig(layer=4, lr=2e-3, steps=25),
+    "reference-2": FTConfig(layer=5, lr=2e-3, steps=25),
 }
 
 

@@ -326,7 +326,7 @@ def _active_loss(model: nn.Module, edits: PreparedEdits, first: int, local: torc
 
 
 def optimise_targets(model: nn.Module, edits: PreparedEdits, layer: int, config: LocateConfig):
-    """Step 1 for every edit, `batch_size` rows at a time: (z (N, d), final target NLL (N,))."""
+    """Step 1 for every edit, `batch_size` edits at a time: (z (N, d), final target NLL (N,))."""
     rows = chunks(len(edits), config.batch_size)
     results = [_optimise_rows(model, edits, part, layer, config) for part in rows]
     return torch.cat([z for z, _ in results]), torch.cat([nll for _, nll in results])
