@@ -139,9 +139,15 @@ class MEMITConfig(LocateConfig):
 # The sweep ran before the context templates, the early stop and the KL read at the subject token: the preset keeps
 # what it measured.
 AS_SWEPT_ON_REFERENCE = {"context_templates": 0, "early_stop_loss": 0.0, "kl_at": "end"}
+# reference-2 (10 layers, d 256, 1,024 key dimensions): 1,024 counterfact-val edits with the reference code's step 1,
+# docs/results/baseline-sweep-reference-2-1024.md (`python scripts/sweep_baselines.py --model reference-2 --n 1024
+# --grid r2-1024 --threads 1`): layers 1-3, v_lr 2 / clamp 4 (single edits: docs/results/single-edits-reference-2.md),
+# lambda 1,000: Score 32.8 (Rel 36, Gen 28, Loc 33 AG; step 1 reaches 97% of the targets). lambda 300 (the single-edit
+# choice) breaks locality at this N (Loc 15), 3,000 trades Rel for Loc (30.1).
 PRESETS: dict[str, MEMITConfig] = {
     "reference": MEMITConfig(layers=(0, 1, 2), v_lr=2.0, clamp_norm_factor=4.0, mom2_update_weight=3000.0,
                              **AS_SWEPT_ON_REFERENCE),
+    "reference-2": MEMITConfig(layers=(1, 2, 3), v_lr=2.0, clamp_norm_factor=4.0, mom2_update_weight=1000.0),
 }
 
 
