@@ -56,9 +56,13 @@ class AlphaEditConfig(LocateConfig):
 # Score 18.9 (Rel 19, Gen 11, Loc 55 AG). v_lr / clamp as MEMIT's preset (see memit.py); the null space holds the
 # eigenvectors of E[k k^T] below 0.2 (the paper's 2e-2 suits GPT-J's key scale) and the ridge l2 is 100 (the
 # research code's 10 let 1,024 edits wipe out locality: Loc-AG 16%). Pass "data_dir" with it, as for MEMIT.
+# reference-2: 1,024 counterfact-val edits, docs/results/baseline-sweep-reference-2-1024.md (layers 1-3, v_lr 2 /
+# clamp 4 as MEMIT's preset, the research code's null-space threshold 2e-2): the research code's ridge 10, Score 17.8
+# (Rel 14, Gen 13, Loc 44 AG); 100 keeps Loc 86 but edits 6% (8.6). Only these two ridges were run (CPU budget).
 PRESETS: dict[str, AlphaEditConfig] = {
     "reference": AlphaEditConfig(layers=(0, 1, 2), v_lr=2.0, clamp_norm_factor=4.0, nullspace_threshold=0.2, l2=100.0,
                                  **AS_SWEPT_ON_REFERENCE),
+    "reference-2": AlphaEditConfig(layers=(1, 2, 3), v_lr=2.0, clamp_norm_factor=4.0, l2=10.0),
 }
 
 
