@@ -331,29 +331,20 @@ def _active_loss(model: nn.Module, edits: PreparedEdits, first: int, local: torc
     return loss, nll
 
 
-def optimise_targets(model: nn.Module, edits: PreparedEdits, layer: int, config: LocateConfig):
-    """Step 1 for every edit, `batch_size` edits at a time: (z (N, d), final target NLL (N,))."""
-    rows = chunks(len(edits), config.batch_size)
-    results = [_optimise_rows(model, edits, part, layer, config) for part in rows]
-    return torch.cat([z for z, _ in results]), torch.cat([nll for _, nll in results])
-
-
 # The fields that decide step 1's result; the spread settings (lambda, null space, other layers) do not.
 _TARGET_FIELDS = ("v_lr", "v_steps", "v_weight_decay", "clamp_norm_factor", "kl_factor", "loss_tokens", "batch_size",
                   "early_stop_loss", "kl_at")  # the context prefixes are in the hashed input ids
 
 
-def cached_targets(model: nn.Module, edits: PreparedEdits, layer: int, config: LocateConfig,
-                   work_dir: Path | None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """`optimise_targets` with each chunk of `batch_size` edits stored in `work_dir` under a hash of its inputs (rows
-    never interact, so a chunk's targets depend on its own rows only): MEMIT and AlphaEdit settings that differ only
-    in how the targets are spread (a sweep, or both methods in one bench) compute them once, and an interrupted
-    step 1 resumes at its first unfinished chunk."""
-    if work_dir is None:
-        return optimise_targets(model, edits, layer, config)
-    job = digest(fingerprint(model), layer, {f: getattr(config, f) for f in _TARGET_FIELDS})
-    parts = [_cached_rows(model, edits, rows, layer, config, Path(work_dir), job)
-             for rows in chunks(len(edits), config.batch_size)]
+def optimise_targets(model: nn.Module, edits: PreparedEdits, layer: int, config: LocateConfig,
+                     work_dir: Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Step 1 for every edit, `batch_size` edits at a time: (z (N, d), final target NLL (N,)). With `work_dir`, each
+    chunk's targets are stored there under a hash of its inputs (rows never interact, so a chunk's targets depend on
+    its own rows only): MEMIT and AlphaEdit settings that differ only in how the targets are spread (a sweep, or
+    both methods in one bench) compute them once, and an interrupted step 1 resumes at its first unfinished chunk."""
+    job = digest(fingerprint(model), layer, {f: getattr(config, f) for f in _TARGET_FIELDS}) if work_dir else None
+    parts = [_cached_rows(model, edits, rows, layer, config, Path(work_dir), job) if work_dir
+             else _optimise_rows(model, edits, rows, layer, config) for rows in chunks(len(edits), config.batch_size)]
     return torch.cat([z for z, _ in parts]), torch.cat([nll for _, nll in parts])
 
 
@@ -456,7 +447,7 @@ def locate_and_edit(model: nn.Module, tokenizer: PreTrainedTokenizerBase, reques
     edits = _to_device(edits, device)
     if statistics is None:
         statistics = key_statistics(edited, tokenizer, layers, config, context.progress)  # before any edit
-    z, nll = cached_targets(edited, edits, layers[-1], config, context.work_dir)
+    z, nll = optimise_targets(edited, edits, layers[-1], config, context.work_dir)
     reached = step1_success(edited, edits, layers[-1], z, config.batch_size)
     norms = spread_update(edited, edits, z, layers, make_update(statistics), config.batch_size)
     info = {"config": config.to_dict(), "layers": layers, "edits": len(requests), "subject_fallbacks": edits.fallbacks,
