@@ -90,7 +90,16 @@ GRID_R2_1024: list[tuple[str, str, dict]] = [
     *[("memit", f"L1-3 w{w:g}", {**_L13, "mom2_update_weight": w}) for w in (300, 1000, 3000, 10000)],
     *[("alphaedit", f"L1-3 t0.02 l2={l2:g}", {**_L13, "l2": l2}) for l2 in (10.0, 100.0)],
 ]
-GRIDS = {"n64": GRID, "n1024": GRID_1024, "r2-1024": GRID_R2_1024}
+# reference-2 at N = 16 and 128 (the N-curve of issue 23): the same step 1, lambda and ridge spanning the
+# single-edit choices (lambda 300, l2 1) and the 1,024-edit ones (lambda 1,000, l2 10).
+GRID_R2_SMALL: list[tuple[str, str, dict]] = [
+    ("unedited", "no edit (reference row)", {}),
+    *[("ft", f"L{layer} lr0.002", {"layer": layer, "lr": 2e-3}) for layer in (3, 5)],
+    ("ft", "L5 lr0.0005", {"layer": 5, "lr": 5e-4}),
+    *[("memit", f"L1-3 w{w:g}", {**_L13, "mom2_update_weight": w}) for w in (100, 300, 1000, 3000)],
+    *[("alphaedit", f"L1-3 t0.02 l2={l2:g}", {**_L13, "l2": l2}) for l2 in (1.0, 10.0, 100.0)],
+]
+GRIDS = {"n64": GRID, "n1024": GRID_1024, "r2-1024": GRID_R2_1024, "r2-small": GRID_R2_SMALL}
 GRID_NOTES = {
     "n64": "Two passes: the grid, then settings around each method's best (the rows after the first AlphaEdit block).",
     "n1024": "Two passes: the grid around the N = 64 choices (first row of each method), then more layers and "
@@ -100,7 +109,11 @@ GRID_NOTES = {
     "r2-1024": "One pass around the single-edit choices (v_lr 2, clamp 4; lambda and ridge raised for 1,024 edits); "
                 "MEMIT / AlphaEdit with the reference code's step 1 (context templates, early stop, KL at the "
                 "subject); rows ending at layer 3 share their cached step-1 target values.",
+    "r2-small": "The N-curve's sweep at a small N: lambda and ridge from the single-edit choice to the 1,024-edit "
+                "one, FT's layer and rate; MEMIT / AlphaEdit rows share one cached step 1.",
 }
+# Where a grid's choices are kept (default: the methods' PRESETS[model]).
+CHOICE_HOME = {"r2-small": "`configs/bench-{model}-n{n}.json` (fields over the `{model}` presets)"}
 
 
 def parse_args() -> argparse.Namespace:
@@ -173,7 +186,12 @@ def markdown(rows: list[dict], setup: dict, chosen: dict) -> str:
             f"shared 2-core CPU: seconds are upper bounds; {len(rows)} settings took {total / 60:.1f} min in all. "
             f"One edit is {100 / setup['n']:.1f} points of a Rel/Gen/Loc AG column, so Score differences of a "
             f"few points are within noise. {GRID_NOTES[setup['grid']]}\n\n{markdown_table(headers, cells)}\nChosen (best Score per "
-            f"method, stored as `PRESETS[\"{setup['model']}\"]` in meg/baselines/{{ft,memit,alphaedit}}.py):\n\n{best}\n")
+            f"method, stored as {_choice_home(setup)}):\n\n{best}\n")
+
+
+def _choice_home(setup: dict) -> str:
+    default = "`PRESETS[\"{model}\"]` in meg/baselines/{{ft,memit,alphaedit}}.py"
+    return CHOICE_HOME.get(setup["grid"], default).format(model=setup["model"], n=setup["n"])
 
 
 def main() -> None:
