@@ -9,8 +9,8 @@ Why: the published MEMIT / AlphaEdit edit ~100% of single facts on GPT-2 XL / GP
 N = 1 point); a model on which they do not is no substrate for comparing mass editing against them. Edits: `--n`
 CounterFact records sampled (seeded) as scripts/measure_step1.py samples them. Settings (`--setting
 NAME:METHOD:JSON`, repeatable; default: SETTINGS below) are method configs; "data_dir" (the key statistics'
-corpus) is added from --data-dir. Each finished (setting, edit) is appended to <work>/records.jsonl and skipped on
-a rerun. Writes <name>.{json,md,png} under --out.
+corpus) is added from --data-dir for MEMIT / AlphaEdit. Each finished (setting, edit) is appended to
+<work>/records.jsonl and skipped on a rerun. Writes <name>.{json,md,png} under --out.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace, settings: dict, work: Path) -> list[dict]:
     done = {(r["setting"], r["index"]): r for r in map(json.loads, path.read_text().splitlines())} if path.exists() else {}
     out = []
     for name, (method, fields) in settings.items():
-        config = {**fields, "data_dir": str(args.data_dir.resolve())}
+        config = {**fields, "data_dir": str(args.data_dir.resolve())} if method != "ft" else fields  # FT: no statistics
         for index, request in zip(indices, requests):
             record = done.get((name, index))
             if record is None or record["config"] != fields:

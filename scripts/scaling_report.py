@@ -2,10 +2,14 @@
 fit's cost per stage against N with a fitted power law (log-log least squares), from the committed bench files.
 
     python scripts/scaling_report.py --stem bench-counterfact-edit --ns 1024,2048,4096,10000
+    python scripts/scaling_report.py --stem bench-reference-2-counterfact-edit --ns 16,128,1024 \
+        --single single-edits-reference-2
 
 Reads docs/results/<stem>-<N>.json (one `meg bench` run per N, each with its own cold work directory, so the meg
 row's stage seconds are a cold fit with the shipped encoder and verifier) and writes
-docs/results/scaling-<data>.{json,md,png} and docs/results/cost-<data>.{json,md,png}.
+docs/results/scaling-<data>.{json,md,png} and docs/results/cost-<data>.{json,md,png}. `--single` adds an N = 1
+point per baseline from a scripts/measure_single_edits.py result (edits applied each ALONE, the published
+single-edit figure), the best-Score setting of each method.
 """
 
 from __future__ import annotations
@@ -29,11 +33,26 @@ def power_law(ns: list[float], seconds: list[float]) -> float | None:
     return sum((x - mx) * (y - my) for x, y in points) / var if var else None
 
 
+def single_edit_points(singles: list[dict | None]) -> tuple[list[list], dict[str, list[tuple[int, float]]]]:
+    """Table rows and Score series at N = 1 from single-edit results: each method's best-Score setting."""
+    if None in singles:
+        raise SystemExit("--single: a named results file is not under --results")
+    rows, series = [], {}
+    settings = [r for single in singles for r in single["rows"]]
+    for method in dict.fromkeys(r["method"] for r in settings):
+        best = max((r for r in settings if r["method"] == method), key=lambda r: r["score"])
+        rows.append([1, f"{method} ({best['setting']})", *[best.get(k) for k in METRICS], "", ""])
+        series[method] = [(1, best["score"])]
+    return rows, series
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stem", default="bench-counterfact-edit")
     parser.add_argument("--ns", default="1024,2048,4096,10000")
     parser.add_argument("--results", type=Path, default=REPO / "docs" / "results")
+    parser.add_argument("--single", default=None, help="comma-separated single-edit results stems (N = 1 "
+                        "points), e.g. single-edits-reference-2")
     args = parser.parse_args()
     from meg.results import markdown_table, read_results, write_results
 
@@ -46,18 +65,24 @@ def main() -> None:
         benches[n] = bench
     ns = sorted(benches)
     data_name = args.stem.removeprefix("bench-")
-    rows, series = [], {}
+    singles = args.single.split(",") if args.single else []
+    rows, series = single_edit_points([read_results(args.results, name) for name in singles])
     for n in ns:
         for r in benches[n]["results"]:
             m = r["metrics"]
             rows.append([n, r["method"], *[m.get(k) for k in METRICS], r["edit_seconds"], r["peak_rss_mb"]])
             series.setdefault(r["method"], []).append((n, m["score"]))
-    command = f"python scripts/scaling_report.py --stem {args.stem} --ns {args.ns}"
-    sources = ", ".join(f"`{args.stem}-{n}.md`" for n in ns)
+    single_flag = f" --single {args.single}" if args.single else ""
+    command = f"python scripts/scaling_report.py --stem {args.stem} --ns {args.ns}{single_flag}"
+    sources = ", ".join(f"`{name}.md`" for name in [*singles, *(f"{args.stem}-{n}" for n in ns)])
+    model = benches[ns[0]]["setup"]["model"] if ns else "?"
+    single_note = (" N = 1: each of the single-edit file's edits applied alone to a fresh model (not a batch of "
+                   "one), the best setting of each method there." if args.single else "")
     table = markdown_table(["N", "method", "Rel-AG", "Gen-AG", "Loc-AG", "Rel-TF", "Gen-TF", "Loc-TF", "Score",
                             "edit s", "RSS MB"], rows)
     text = (f"# Scaling with the number of edits: {data_name}\n\nCommand: `{command}` (aggregates {sources}; each "
-            f"names its own `meg bench` command).\n\nAll edits of each N in one batch, the reference model.\n\n{table}")
+            f"names its own `meg bench` command).\n\nModel: {model}. All edits of each N in one batch; the baselines at the "
+            f"setting each run names (its `--configs`).{single_note}\n\n{table}")
 
     def draw_scores(axes) -> None:
         for method, points in series.items():

@@ -113,7 +113,8 @@ GRID_NOTES = {
                 "one, FT's layer and rate; MEMIT / AlphaEdit rows share one cached step 1.",
 }
 # Where a grid's choices are kept (default: the methods' PRESETS[model]).
-CHOICE_HOME = {"r2-small": "`configs/bench-{model}-n{n}.json` (fields over the `{model}` presets)"}
+CHOICE_HOME = {"r2-small": "the `{model}` presets, with fields over them in `configs/bench-{model}-n{n}.json` where "
+                           "this N chose otherwise (else `configs/bench-{model}.json` serves this N)"}
 
 
 def parse_args() -> argparse.Namespace:
