@@ -91,7 +91,7 @@ def main() -> None:
         axes.set_xlabel("edits in one batch (N)")
         axes.set_ylabel("Score")
         axes.set_ylim(0, 100)
-        axes.legend(fontsize=7, ncol=3)
+        axes.legend(fontsize=7, ncol=3, loc="lower left")
 
     write_results(args.results, f"scaling-{data_name}", {"command": command, "rows": rows}, text, draw_scores)
 
