@@ -89,7 +89,8 @@ FILES: dict[str, bytes] = {
     "config-bad-router.json": b'{"router": "telepathy"}',
     "config-bad-json.json": b'{"seed": 1,',
     "configs-list.json": b'{"ft": [1]}',
-    "configs-unbenched.json": b'{"memit": {}}',
+    "configs-unknown-method.json": b'{"rome": {}}',
+    "configs-unbenched-bad.json": b'{"ft": {}, "memit": {"v_lr": 0}}',
     "configs-bad-field.json": b'{"ft": {"learning_rate": 1}}',
     "configs-bad-value.json": b'{"ft": {"lr": -1}}',
     "pairs-bad.jsonl": b'{"question": "x"}\n',
@@ -295,7 +296,8 @@ def _cases() -> dict[str, Case]:
                        ("config-bad-router.json", "telepathy"), ("config-bad-json.json", "invalid JSON")):
         add(f"edit-{f}", "bad config", f"{edit} {{w}}/good.jsonl --config {{w}}/{f}", culprit)
         add(f"run-{f}", "bad config", f"run --model {{model}} --out {{w}}/run-x --config {{w}}/{f}", culprit)
-    for f, culprit in (("configs-list.json", "FTConfig"), ("configs-unbenched.json", "memit"),
+    for f, culprit in (("configs-list.json", "FTConfig"), ("configs-unknown-method.json", "'rome'"),
+                       ("configs-unbenched-bad.json", "MEMITConfig.v_lr"),
                        ("configs-bad-field.json", "learning_rate"), ("configs-bad-value.json", "FTConfig.lr")):
         add(f"bench-{f}", "bad config", f"bench --model {{model}} --out {{w}}/bench-x --methods ft --configs {{w}}/{f}",
             culprit)
@@ -614,7 +616,8 @@ def _api_cases(w: Path) -> dict[str, tuple[str, Callable[[], Any], type, str]]:
         add(f"RunConfig-{field_name}-{value}", "silent acceptance", lambda f=field_name, v=value: RunConfig(**{f: v}),
             InputError, culprit)
     for methods, configs, culprit in (((), None, "at least one method"), (("meg", "meg"), None, "more than once"),
-                                      (("rome",), None, "'rome'"), (("ft",), {"meg": {}}, "not benched"),
+                                      (("rome",), None, "'rome'"), (("ft",), {"rome": {}}, "not a method of"),
+                                      (("ft",), {"memit": {"v_lr": -1}}, "MEMITConfig.v_lr"),
                                       (("ft",), {"ft": {"lr": "fast"}}, "FTConfig.lr"),
                                       (("unedited",), {"unedited": {"x": 1}}, "takes no config"),
                                       (("meg",), {"meg": {"layer": -1}}, "MegConfig.layer")):

@@ -216,3 +216,20 @@ def test_the_shipped_config_files_are_valid_and_name_the_papers_epsilons():
     assert shipped == sorted(PAPER_EPSILONS.values())
     fixed = {v.gate_config["epsilon"] for k, v in VARIANTS.items() if k.startswith("paper-gate/tuned-eps")}
     assert fixed == set(PAPER_EPSILONS.values())
+
+
+def test_a_configs_file_may_configure_methods_a_run_does_not_bench(caplog):
+    """One configs file serves every method of a model (configs/bench-reference-2.json) when a run benches a subset:
+    the unused configs are still checked, and named in a warning; a config for no method of the command is refused."""
+    import logging
+
+    from meg.methods import check_methods
+
+    configs = {"ft": {"preset": "reference-2"}, "memit": {"preset": "reference-2"}}
+    with caplog.at_level(logging.WARNING, logger="meg.methods"):
+        check_methods(("unedited", "ft"), configs, command="bench")
+    assert "configs for memit not used" in caplog.text
+    with pytest.raises(InputError, match=r"MEMITConfig\.v_lr"):
+        check_methods(("ft",), {"memit": {"v_lr": 0}}, command="bench")
+    with pytest.raises(InputError, match=r"^configs given for 'rome', not a method of bench; choose from"):
+        check_methods(("ft",), {"rome": {}}, command="bench")

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import importlib
+import logging
 from collections.abc import Callable, Sequence
 
 from meg.errors import InputError
 from meg.methods.base import ApplyFn, EditContext, EditedLM
+
+log = logging.getLogger(__name__)
 
 # name -> "module:function"; resolved lazily so importing meg.methods stays cheap.
 METHODS: dict[str, str] = {
@@ -53,8 +56,9 @@ def check_config(name: str, config: object) -> None:
 def check_methods(methods: object, configs: object, allowed: Sequence[str] = tuple(METHODS), command: str = "",
                   configured_as: Callable[[str], str] = lambda name: name) -> None:
     """The one check of a benchmark's `--methods` and its configs ({method: config}), before any model is loaded:
-    at least one method, each in `allowed` (the methods of `command`) and named once, configs only for benched
-    methods (`configured_as`: the method whose config a method takes), each config valid (`check_config`)."""
+    at least one method, each in `allowed` (the methods of `command`) and named once, configs only for methods of
+    `command` (`configured_as`: the method whose config a method takes), each config valid (`check_config`), also
+    those of methods this run does not bench (one configs file may serve every method of a model)."""
     if isinstance(methods, str) or not isinstance(methods, tuple | list) or not methods:
         raise InputError(f"--methods must name at least one method; choose from {', '.join(allowed)}, got {methods!r}")
     for name in methods:
@@ -68,12 +72,16 @@ def check_methods(methods: object, configs: object, allowed: Sequence[str] = tup
     if not isinstance(configs, dict):
         raise InputError(f"the method configs must be a JSON object {{method: {{fields}}}}, got {type(configs).__name__}")
     configured = {configured_as(m) for m in methods}
-    extra = sorted(set(configs) - configured)
-    if extra:
-        raise InputError(f"configs given for method(s) {', '.join(map(str, extra))}, which are not benched "
-                         f"({', '.join(methods)})")
-    for name in sorted(configured):
+    known = {configured_as(m) for m in allowed}
+    unknown = sorted(map(str, set(configs) - known))
+    if unknown:
+        raise InputError(f"configs given for {', '.join(map(repr, unknown))}, not a method of {command or 'this command'}; "
+                         f"choose from {', '.join(sorted(known))}")
+    for name in sorted(configured | set(configs)):  # a config of a method not benched is still checked
         check_config(name, configs.get(name))
+    unused = sorted(set(configs) - configured)
+    if unused:  # one configs file may serve a model's every method; say which of them this run leaves out
+        log.warning("configs for %s not used: not in --methods (%s)", ", ".join(unused), ", ".join(methods))
 
 
 def get_method(name: str) -> ApplyFn:
