@@ -74,7 +74,7 @@ def run(args: argparse.Namespace, settings: dict, work: Path) -> list[dict]:
     import torch
 
     from meg.evaluation.harness import evaluate_chunk, pre_edit_outputs
-    from meg.methods import EditContext, get_method
+    from meg.methods import EditContext, get_method, with_statistics_data
     from meg.methods.unedited import PlainLM
     from meg.models import load_causal_lm
 
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace, settings: dict, work: Path) -> list[dict]:
     done = {(r["setting"], r["index"]): r for r in map(json.loads, path.read_text().splitlines())} if path.exists() else {}
     out = []
     for name, (method, fields) in settings.items():
-        config = {**fields, "data_dir": str(args.data_dir.resolve())} if method != "ft" else fields  # FT: no statistics
+        config = with_statistics_data(method, fields, str(args.data_dir.resolve()))
         for index, request in zip(indices, requests):
             record = done.get((name, index))
             if record is None or record["config"] != fields:

@@ -202,6 +202,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from meg.data import load_dataset
     from meg.evaluation.harness import pre_edit_outputs
+    from meg.methods import with_statistics_data
     from meg.methods.unedited import PlainLM
     from meg.models import load_causal_lm
     from meg.results import write_results
@@ -222,7 +223,7 @@ def main() -> None:
     for method, name, fields in grid:
         if method not in methods or sum(r["method"] == method for r in rows) == (args.per_method or -1):
             continue
-        config = {**fields, "data_dir": str(args.data.resolve())} if method != "ft" else fields
+        config = with_statistics_data(method, fields, str(args.data.resolve()))
         row = done.get((method, name))
         if row is None or row["config"] != fields or row["n"] != args.n:
             row = {"method": method, "name": name, "config": fields, "n": args.n,

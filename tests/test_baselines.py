@@ -22,7 +22,7 @@ from meg.baselines.ft import PRESETS as FT_PRESETS
 from meg.baselines.ft import FTConfig
 from meg.baselines.memit import MEMITConfig, prepare_edits
 from meg.errors import InputError
-from meg.methods import METHODS, EditContext, get_method
+from meg.methods import METHODS, EditContext, get_method, with_statistics_data
 from meg.prompts import PromptTemplate, answers_match
 from meg.requests import EditRequest
 from meg.surgery import ffn_output_projection, linear_weight
@@ -74,6 +74,14 @@ def test_methods_are_registered():
     assert {"ft", "memit", "alphaedit"} <= set(METHODS)
     for name in ("ft", "memit", "alphaedit"):
         assert callable(get_method(name))
+
+
+def test_statistics_data_goes_only_to_methods_whose_config_reads_it():
+    fields = {"preset": "reference"}
+    for method in ("memit", "alphaedit"):  # their key statistics read text from the shared data directory
+        assert with_statistics_data(method, fields, "/data") == {**fields, "data_dir": "/data"}
+    for method in ("ft", "meg", "knn", "unedited"):
+        assert with_statistics_data(method, fields, "/data") == fields
 
 
 def test_template_is_applied_as_plainlm_does(fact_gpt2, tokenizer):

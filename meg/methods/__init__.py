@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 from collections.abc import Callable, Sequence
@@ -84,6 +85,17 @@ def check_methods(methods: object, configs: object, allowed: Sequence[str] = tup
         log.warning("configs for %s not used: not in --methods (%s)", ", ".join(unused), ", ".join(methods))
 
 
+def with_statistics_data(name: str, fields: dict, data_dir: str) -> dict:
+    """`fields` plus "data_dir" (where a baseline's key statistics read their text) when method `name`'s config
+    has that field (MEMIT, AlphaEdit); other methods' fields unchanged."""
+    if name not in _BASELINE_CONFIGS:
+        return fields
+    module, cls = _BASELINE_CONFIGS[name].split(":")
+    config_class = getattr(importlib.import_module(module), cls)
+    has_field = "data_dir" in {f.name for f in dataclasses.fields(config_class)}
+    return {**fields, "data_dir": data_dir} if has_field else fields
+
+
 def get_method(name: str) -> ApplyFn:
     """The `apply` function registered under `name`."""
     if name not in METHODS:
@@ -92,4 +104,4 @@ def get_method(name: str) -> ApplyFn:
     return getattr(importlib.import_module(module), function)
 
 
-__all__ = ["METHODS", "EditContext", "EditedLM", "check_config", "get_method"]
+__all__ = ["METHODS", "EditContext", "EditedLM", "check_config", "get_method", "with_statistics_data"]
