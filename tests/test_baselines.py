@@ -299,3 +299,22 @@ def test_bench_tables_state_step1_success_of_the_rows_that_have_it():
     text = bench_markdown(bench, "meg bench ...")
     assert "- memit: 50.0%" in text and "- knn" not in text
     assert "Step-1" not in bench_markdown({**bench, "results": bench["results"][1:]}, "meg bench ...")
+
+
+def test_clean_locality_leaves_out_prompts_that_ask_an_edited_fact():
+    from meg.benchmarks.compare import bench_markdown, clean_locality
+    from meg.evaluation.metrics import COLUMNS
+
+    records = [{"index": i, "locality": {"ag": ag, "tf": tf}} for i, (ag, tf) in enumerate([(True, 1.0), (False, 0.0),
+                                                                                              (True, 0.5)])]
+    records.append({"index": 3, "locality": None})  # an edit without a locality prompt counts nowhere
+    assert clean_locality(records, [False, True, False, False]) == {"loc_ag": 100.0, "loc_tf": 75.0, "prompts": 2}
+    assert clean_locality(records, [True] * 4)["loc_ag"] is None
+    row = {"method": "knn", "metrics": {c: 50.0 for c in COLUMNS}, "edit_seconds": 1.0, "peak_rss_mb": 1.0,
+           "queries_per_second": 1.0, "stats": {}, "clean_locality": clean_locality(records, [False, True, False, False])}
+    bench = {"setup": {"data": "d", "n_used": 4, "model": "m", "filter": None, "conflicting_locality": 1}, "results": [row]}
+    assert "1 of 4 locality prompts" in bench_markdown(bench, "meg bench ...")
+    assert "- knn: Loc-AG 100.00, Loc-TF 75.00" in bench_markdown(bench, "meg bench ...")
+    no_conflicts = {**bench, "setup": {**bench["setup"], "conflicting_locality": 0}}
+    assert "clean prompts" not in bench_markdown(no_conflicts, "meg bench ...")
+

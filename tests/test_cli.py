@@ -113,6 +113,8 @@ def test_bench_compares_methods_and_resumes(workspace, tmp_path):
     assert rows["unedited"]["metrics"]["loc_ag"] == 100.0 and rows["ft"]["metrics"]["rel_ag"] > 0
     assert rows["ft"]["queries_per_second"] > 0 and rows["ft"]["peak_rss_mb"] > 0
     assert (tmp_path / "results" / "tiny.md").is_file() and (tmp_path / "results" / "tiny.png").is_file()
+    conflicting = bench["setup"]["conflicting_locality"]  # locality prompts asking an edited fact, left out here:
+    assert rows["unedited"]["clean_locality"] == {"loc_ag": 100.0, "loc_tf": 100.0, "prompts": 8 - conflicting}
     # A second call reads every finished method back instead of editing again.
     (tmp_path / "bench" / "ft" / "records.jsonl").unlink()
     again = invoke(*args)

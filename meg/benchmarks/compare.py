@@ -20,9 +20,10 @@ from typing import Any
 
 from meg import files
 from meg.benchmarks.oracle import oracle_generality
+from meg.benchmarks.routing import conflicting_locality
 from meg.data.defaults import default_unrelated
 from meg.distributed import ranks
-from meg.evaluation.harness import evaluate
+from meg.evaluation.harness import evaluate, read_records
 from meg.evaluation.metrics import COLUMNS, MetricTable, aggregate
 from meg.evaluation.report import HEADERS, metric_row
 from meg.evaluation.runner import RunConfig, check_run, check_scales_out, edit_context, frozen, prepare_run
@@ -85,18 +86,20 @@ def throughput(lm, prompts: Sequence[str]) -> float:
     return len(prompts) / (time.perf_counter() - start)
 
 
-def bench_method(name: str, prep, config: BenchConfig, run_dir: Path, mix: Sequence[str], work: Path) -> dict[str, Any]:
+def bench_method(name: str, prep, config: BenchConfig, run_dir: Path, mix: Sequence[str], work: Path,
+                 conflicts: Sequence[bool]) -> dict[str, Any]:
     """Edit with one method, evaluate it and time its inference; a finished row with the same settings is read
     back from `run_dir` instead (so a bench can be resumed or extended by more methods). Stage caches live in
-    `work`, keyed by their inputs, so methods and benches on other data share them safely."""
+    `work`, keyed by their inputs, so methods and benches on other data share them safely. `conflicts`: the
+    locality prompts left out of `clean_locality`."""
     run = replace(config.run, method=name, method_config=(config.method_configs or {}).get(name))
     done = run_dir / files.BENCH_RESULT
     if done.exists():
         saved = files.read_json(done)
         if saved.get("run") == frozen(run):
-            return saved["result"]
+            return _with_clean_locality(saved["result"], read_records(run_dir / files.RUN_RECORDS), conflicts)
     _set_aside_other_settings(run_dir, frozen(run))
-    result = _measure_method(name, run, prep, run_dir, mix, work)
+    result = _measure_method(name, run, prep, run_dir, mix, work, conflicts)
     if ranks().main:  # under `accelerate launch` rank 0 writes; every rank has the same records
         files.atomic_write_json(done, {"run": frozen(run), "result": result})
     return result
@@ -120,7 +123,8 @@ def _set_aside_other_settings(run_dir: Path, run: dict[str, Any]) -> None:
     group.barrier()  # no rank reads the row's records before they are set aside
 
 
-def _measure_method(name: str, run: RunConfig, prep, run_dir: Path, mix: Sequence[str], work: Path) -> dict[str, Any]:
+def _measure_method(name: str, run: RunConfig, prep, run_dir: Path, mix: Sequence[str], work: Path,
+                    conflicts: Sequence[bool]) -> dict[str, Any]:
     requests = [r.for_editing() for r in prep.dataset.requests]
     with peak_rss() as memory:
         start = time.perf_counter()
@@ -133,7 +137,8 @@ def _measure_method(name: str, run: RunConfig, prep, run_dir: Path, mix: Sequenc
     return {"method": name, "metrics": aggregate(records).to_dict(), "edit_seconds": round(edit_seconds, 2),
             "eval_seconds": round(eval_seconds, 2), "peak_rss_mb": round(memory["peak_mb"], 1),
             "queries_per_second": round(throughput(edited, mix), 2), "stats": edited.stats(),
-            "oracle_generality": oracle_generality(edited, prep.dataset.requests, run.max_new_tokens)}
+            "oracle_generality": oracle_generality(edited, prep.dataset.requests, run.max_new_tokens),
+            "clean_locality": clean_locality(records, conflicts)}
 
 
 def bench_methods(config: BenchConfig, out_dir: str | Path, overwrite: bool = False,
@@ -148,10 +153,28 @@ def bench_methods(config: BenchConfig, out_dir: str | Path, overwrite: bool = Fa
         prep = prepare_run(config.run, out_dir, overwrite, dataset=dataset)
         edited_prompts = [r.prompt for r in prep.dataset.requests[: config.throughput_queries]]
         mix = [q for pair in zip(edited_prompts, default_unrelated()) for q in pair]  # alternate edited/unrelated
-        results = [bench_method(name, prep, config, out_dir / name, mix, work) for name in config.methods]
+        conflicts = conflicting_locality(prep.dataset.requests).tolist()
+        results = [bench_method(name, prep, config, out_dir / name, mix, work, conflicts) for name in config.methods]
     return {"setup": {**asdict(config.run), "methods": list(config.methods), "data": prep.dataset.name,
-                      "n_used": len(prep.dataset.requests), "filter": prep.note, "threads": os.cpu_count()},
+                      "n_used": len(prep.dataset.requests), "filter": prep.note, "threads": os.cpu_count(),
+                      "conflicting_locality": sum(conflicts)},
             "results": results, "seconds": {k: round(v, 2) for k, v in prep.seconds.items()}}
+
+
+def _with_clean_locality(result: dict[str, Any], records: Sequence[dict], conflicts: Sequence[bool]) -> dict[str, Any]:
+    """A row read back from a bench made before rows had `clean_locality`: computed from its records when they
+    are all there."""
+    if "clean_locality" in result or len(records) != len(conflicts):
+        return result
+    return {**result, "clean_locality": clean_locality(records, conflicts)}
+
+
+def clean_locality(records: Sequence[dict], conflicts: Sequence[bool]) -> dict[str, float | None]:
+    """Loc-AG and Loc-TF over the locality prompts that do not ask about a fact the edit set itself changes
+    (`conflicting_locality`: a correct editor changes those answers, yet Locality counts the change as harm)."""
+    clean = [r for r in records if r.get("locality") is not None and not conflicts[r["index"]]]
+    table = aggregate(clean)
+    return {"loc_ag": table.loc_ag, "loc_tf": table.loc_tf, "prompts": len(clean)}
 
 
 def bench_markdown(bench: dict[str, Any], command: str) -> str:
@@ -172,9 +195,23 @@ def bench_markdown(bench: dict[str, Any], command: str) -> str:
     step1 = [f"- {r['method']}: {100 * r['stats']['step1_success']:.1f}%" for r in bench["results"]
              if r.get("stats", {}).get("step1_success") is not None]  # fmt: skip
     table = markdown_table(["Method", *HEADERS, "edit s", "RSS MB", "q/s"], rows)
-    return (header + table + ("\nGenerality upper bound:\n\n" + "\n".join(oracle) + "\n" if oracle else "")
+    return (header + table + _clean_locality_text(bench)
+            + ("\nGenerality upper bound:\n\n" + "\n".join(oracle) + "\n" if oracle else "")
             + ("\nStep-1 success (edits whose optimised residual alone, before any weight changes, makes the model "
                "produce the target):\n\n" + "\n".join(step1) + "\n" if step1 else ""))
+
+
+def _clean_locality_text(bench: dict[str, Any]) -> str:
+    conflicting = bench["setup"].get("conflicting_locality")
+    rows = [r for r in bench["results"] if (r.get("clean_locality") or {}).get("loc_ag") is not None]
+    if not conflicting or not rows:
+        return ""
+    lines = [f"- {r['method']}: Loc-AG {r['clean_locality']['loc_ag']:.2f}, Loc-TF {r['clean_locality']['loc_tf']:.2f}"
+             for r in rows]
+    return (f"\nLocality on clean prompts: {conflicting} of {bench['setup']['n_used']} locality prompts ask about a fact "
+            "this edit set changes (they repeat an edit prompt, or name an edited subject and expect that edit's true "
+            "answer), so a correct editor changes their answers and Locality counts it as harm. Without them:\n\n"
+            + "\n".join(lines) + "\n")
 
 
 def write_bench(out_dir: str | Path, name: str, bench: dict[str, Any], command: str) -> dict[str, Path]:
