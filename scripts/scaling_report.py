@@ -41,7 +41,7 @@ def single_edit_points(singles: list[dict | None]) -> tuple[list[list], dict[str
     settings = [r for single in singles for r in single["rows"]]
     for method in dict.fromkeys(r["method"] for r in settings):
         best = max((r for r in settings if r["method"] == method), key=lambda r: r["score"])
-        rows.append([1, f"{method} ({best['setting']})", *[best.get(k) for k in METRICS], "", ""])
+        rows.append([1, f"{method} ({best['setting']})", *[best.get(k) for k in METRICS], "", "", ""])
         series[method] = [(1, best["score"])]
     return rows, series
 
@@ -70,7 +70,9 @@ def main() -> None:
     for n in ns:
         for r in benches[n]["results"]:
             m = r["metrics"]
-            rows.append([n, r["method"], *[m.get(k) for k in METRICS], r["edit_seconds"], r["peak_rss_mb"]])
+            clean = (r.get("clean_locality") or {}).get("loc_ag")
+            rows.append([n, r["method"], *[m.get(k) for k in METRICS], "" if clean is None else clean,
+                         r["edit_seconds"], r["peak_rss_mb"]])
             series.setdefault(r["method"], []).append((n, m["score"]))
     single_flag = f" --single {args.single}" if args.single else ""
     command = f"python scripts/scaling_report.py --stem {args.stem} --ns {args.ns}{single_flag}"
@@ -79,10 +81,14 @@ def main() -> None:
     single_note = (" N = 1: each of the single-edit file's edits applied alone to a fresh model (not a batch of "
                    "one), the best setting of each method there." if args.single else "")
     table = markdown_table(["N", "method", "Rel-AG", "Gen-AG", "Loc-AG", "Rel-TF", "Gen-TF", "Loc-TF", "Score",
-                            "edit s", "RSS MB"], rows)
+                            "clean Loc-AG", "edit s", "RSS MB"], rows)
+    conflicting = ", ".join(f"{benches[n]['setup']['conflicting_locality']} at N = {n}" for n in ns
+                            if benches[n]["setup"].get("conflicting_locality") is not None)
     text = (f"# Scaling with the number of edits: {data_name}\n\nCommand: `{command}` (aggregates {sources}; each "
             f"names its own `meg bench` command).\n\nModel: {model}. All edits of each N in one batch; the baselines at the "
-            f"setting each run names (its `--configs`).{single_note}\n\n{table}")
+            f"setting each run names (its `--configs`).{single_note} clean Loc-AG: Loc-AG without the locality prompts that "
+            f"ask about a fact the edit set itself changes ({conflicting or 'not reported by these runs'}; a correct "
+            f"editor changes those answers).\n\n{table}")
 
     def draw_scores(axes) -> None:
         for method, points in series.items():
