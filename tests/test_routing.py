@@ -156,6 +156,32 @@ def test_fit_calibrates_on_held_out_pairs_and_unrelated_queries():
     assert achieved <= 0.02 and router.calibration["achieved_unrelated_rate"] == pytest.approx(float(achieved))
 
 
+def test_a_refit_encodes_only_the_masked_prompts_of_new_edits():
+    encode = fake_encoder()
+    seen: list[str] = []
+
+    def counting(texts):
+        seen.extend(texts)
+        return encode(texts)
+
+    names = [f"Person{i}" for i in range(40)]
+    pairs = [PseudoPair(f"{n} is a citizen of", f"{n} is a citizen of which country", n) for n in names]
+    unrelated = [f"Query number {i} about weather" for i in range(50)]
+
+    def data(prompts, subjects):
+        return RoutingData(prompts, encode(prompts), subjects, unrelated, encode(unrelated), pairs, encode=counting)
+
+    first = RetrievalRouter.fit(data(PROMPTS[:2], SUBJECTS[:2]), COSINE)
+    first.state_dict()  # as a pack is saved: the masked prompts' embeddings are encoded and kept
+    seen.clear()
+    grown = first.refit(data(PROMPTS, SUBJECTS))
+    masked = [without_subject(p, s) for p, s in zip(PROMPTS, SUBJECTS)]
+    assert masked[2] in seen and not {masked[0], masked[1]} & set(seen)  # kept edits: reused, not re-encoded
+    fresh = RetrievalRouter.fit(data(PROMPTS, SUBJECTS), COSINE)
+    assert torch.equal(grown._masked_edit_embeddings(), fresh._masked_edit_embeddings())
+    assert grown.thresholds == fresh.thresholds
+
+
 def test_free_threshold_never_below_what_held_out_paraphrases_reach():
     """Three free edits: 200 unrelated queries alone allow a low free threshold (4 of them may pass at any
     cosine); the floor from the held-out pairs (cosine 0.9) keeps a same-topic question at 0.7 out."""

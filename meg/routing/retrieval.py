@@ -172,11 +172,25 @@ class RetrievalRouter:
     def _masked_weight(self) -> float:
         return self.config.masked_weight if self.encode is not None else 0.0  # masking needs the encoder
 
-    def _masked_edit_embeddings(self) -> torch.Tensor:
+    def _masked_texts(self) -> list[str]:
+        return [without_subject(p, s) if s else p for p, s in zip(self.prompts, self.subjects)]
+
+    def _masked_edit_embeddings(self, known: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """(N, C) embeddings of the edit prompts without their subject, encoded on first use; `known` (masked text
+        -> embedding, from the router this one refits) spares re-encoding the edits a lifelong change keeps."""
         if self._masked_edits is None:
-            texts = [without_subject(p, s) if s else p for p, s in zip(self.prompts, self.subjects)]
-            self._masked_edits = self.encode(texts).to(self.edit_embeddings.dtype)
+            texts = self._masked_texts()
+            if not known:
+                self._masked_edits = self.encode(texts).to(self.edit_embeddings.dtype)
+                return self._masked_edits
+            missing = [t for t in dict.fromkeys(texts) if t not in known]
+            table = {**known, **dict(zip(missing, self.encode(missing)))} if missing else known
+            self._masked_edits = torch.stack([table[t] for t in texts]).to(self.edit_embeddings.dtype)
         return self._masked_edits
+
+    def _known_masked(self) -> dict[str, torch.Tensor]:
+        """Masked text -> embedding of this router's edits, when they were encoded (or loaded with the pack)."""
+        return dict(zip(self._masked_texts(), self._masked_edits)) if self._masked_edits is not None else {}
 
     # --- routing ---
 
@@ -347,13 +361,16 @@ class RetrievalRouter:
     def refit(self, data: RoutingData, progress: bool = True) -> RetrievalRouter:
         """This router's settings and verifier on another edit set (a lifelong add or remove): only the
         calibration is re-run, since the thresholds weigh the held-out pairs by the edits they are nearest to."""
-        return self._calibrated(data, self.config, self.verifier, self.calibration.get("verifier_training"))
+        return self._calibrated(data, self.config, self.verifier, self.calibration.get("verifier_training"),
+                                self._known_masked())
 
     @classmethod
     def _calibrated(cls, data: RoutingData, config: RetrievalConfig, verifier: SubjectVerifier | None,
-                    verifier_log: dict | None) -> RetrievalRouter:
+                    verifier_log: dict | None, known_masked: dict[str, torch.Tensor] | None = None) -> RetrievalRouter:
         router = cls(config, data.edit_embeddings, data.subjects, data.edit_queries,
                      {"subject": _CLOSED, "free": _CLOSED}, encode=data.encode, verifier=verifier)
+        if known_masked and router._masked_weight() > 0:
+            router._masked_edit_embeddings(known_masked)
         try:
             router.thresholds["subject"], pairs, matched = router._calibrate_subject(data)
             router.thresholds["free"], achieved, floor = router._calibrate_free(data)
