@@ -97,7 +97,7 @@ def bench_method(name: str, prep, config: BenchConfig, run_dir: Path, mix: Seque
     if done.exists():
         saved = files.read_json(done)
         if saved.get("run") == frozen(run):
-            return _with_clean_locality(saved["result"], read_records(run_dir / files.RUN_RECORDS), conflicts)
+            return _with_clean_locality(saved["result"], run_dir, conflicts)
     _set_aside_other_settings(run_dir, frozen(run))
     result = _measure_method(name, run, prep, run_dir, mix, work, conflicts)
     if ranks().main:  # under `accelerate launch` rank 0 writes; every rank has the same records
@@ -161,10 +161,13 @@ def bench_methods(config: BenchConfig, out_dir: str | Path, overwrite: bool = Fa
             "results": results, "seconds": {k: round(v, 2) for k, v in prep.seconds.items()}}
 
 
-def _with_clean_locality(result: dict[str, Any], records: Sequence[dict], conflicts: Sequence[bool]) -> dict[str, Any]:
-    """A row read back from a bench made before rows had `clean_locality`: computed from its records when they
-    are all there."""
-    if "clean_locality" in result or len(records) != len(conflicts):
+def _with_clean_locality(result: dict[str, Any], run_dir: Path, conflicts: Sequence[bool]) -> dict[str, Any]:
+    """A row read back from a bench made before rows had `clean_locality`: computed from its records (read only
+    for such a row) when they are all there."""
+    if "clean_locality" in result:
+        return result
+    records = read_records(run_dir / files.RUN_RECORDS)
+    if len(records) != len(conflicts):
         return result
     return {**result, "clean_locality": clean_locality(records, conflicts)}
 

@@ -40,10 +40,10 @@ def check_config(name: str, config: object) -> None:
         return
     if name == "unedited":
         raise InputError(f"method 'unedited' takes no config, got {config!r}")
-    if name in _BASELINE_CONFIGS:  # resolved by name, as METHODS are: the baselines import this package
-        module, cls = _BASELINE_CONFIGS[name].split(":")
-        loaded = importlib.import_module(module)
-        importlib.import_module("meg.baselines.base").resolve_config(getattr(loaded, cls), config, loaded.PRESETS)
+    if name in _BASELINE_CONFIGS:
+        config_class = _baseline_config_class(name)
+        presets = importlib.import_module(config_class.__module__).PRESETS
+        importlib.import_module("meg.baselines.base").resolve_config(config_class, config, presets)
         return
     from meg.config import MegConfig
 
@@ -90,10 +90,14 @@ def with_statistics_data(name: str, fields: dict, data_dir: str) -> dict:
     has that field (MEMIT, AlphaEdit); other methods' fields unchanged."""
     if name not in _BASELINE_CONFIGS:
         return fields
-    module, cls = _BASELINE_CONFIGS[name].split(":")
-    config_class = getattr(importlib.import_module(module), cls)
-    has_field = "data_dir" in {f.name for f in dataclasses.fields(config_class)}
+    has_field = "data_dir" in {f.name for f in dataclasses.fields(_baseline_config_class(name))}
     return {**fields, "data_dir": data_dir} if has_field else fields
+
+
+def _baseline_config_class(name: str) -> type:
+    """Baseline `name`'s config class, resolved by name as METHODS are (the baselines import this package)."""
+    module, cls = _BASELINE_CONFIGS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
 
 
 def get_method(name: str) -> ApplyFn:
