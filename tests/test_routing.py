@@ -311,6 +311,8 @@ def test_conflicting_locality_prompts_are_those_asking_an_edited_fact():
     ]
     conflicting = conflicting_locality(requests)
     assert conflicting.tolist() == [True, False, True, True]
+    without_locality = EditRequest("Who wrote Catalytic Asymmetry?", "Y", "Catalytic Asymmetry", ground_truth="Ng")
+    assert conflicting_locality([*requests, without_locality]).tolist() == [True, False, True, True, False]
     routed = torch.tensor([True, True, False, False])
     routes = {name: Routes(routed, torch.arange(4), torch.zeros(4)) for name in ("edits", "paraphrases", "locality")}
     out = rates(routes, conflicting)

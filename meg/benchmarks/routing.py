@@ -159,18 +159,19 @@ def conflicting_locality(requests: Sequence[EditRequest]) -> torch.Tensor:
     whose true answer is the locality prompt's own expected answer: the same subject and the same answer is the
     same fact asked in other words ("The constellation of Tau Herculis is" vs the edit "In which constellation
     is Tau Herculis?"). Needs `ground_truth` and `unrelated_answers`; a prompt whose answer is unknown conflicts
-    only by repetition. Used for reporting only, never for calibration.
+    only by repetition, and an edit without a locality prompt (some KnowEdit records) never does. Used for reporting
+    only, never for calibration.
     """
     index = SubjectIndex([r.subject for r in requests], [r.prompt for r in requests])
     truths = [normalize_answer(r.ground_truth) if r.ground_truth else None for r in requests]
     prompts = {r.prompt.strip().lower() for r in requests}
-    locality = [r.unrelated[0] for r in requests]
+    locality = [r.unrelated[0] if r.unrelated else "" for r in requests]
     named = index.named_in(locality)
     out = torch.zeros(len(requests), dtype=torch.bool)
     for i, r in enumerate(requests):
         answer = normalize_answer(r.unrelated_answers[0]) if r.unrelated_answers else ""
         same_fact = bool(answer) and any(truths[j] == answer for j in named[i])
-        out[i] = same_fact or locality[i].strip().lower() in prompts
+        out[i] = bool(locality[i]) and (same_fact or locality[i].strip().lower() in prompts)
     return out
 
 
