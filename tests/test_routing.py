@@ -10,7 +10,7 @@ import torch
 
 from meg.errors import InputError
 from meg.gate import GateConfig
-from meg.requests import PseudoPair
+from meg.requests import EditRequest, PseudoPair
 from meg.routing import ROUTERS, RetrievalConfig, RoutingData, router_class
 from meg.routing.retrieval import RetrievalRouter, conformal_threshold, weighted_quantile
 from meg.routing.subjects import SubjectIndex, focus, infer_subject, trigrams, without_subject
@@ -180,6 +180,60 @@ def test_a_refit_encodes_only_the_masked_prompts_of_new_edits():
     fresh = RetrievalRouter.fit(data(PROMPTS, SUBJECTS), COSINE)
     assert torch.equal(grown._masked_edit_embeddings(), fresh._masked_edit_embeddings())
     assert grown.thresholds == fresh.thresholds
+
+
+class _StubVerifier:
+    """Deterministic pseudo-probabilities per (edit prompt, query); records the prompts it scored."""
+
+    def __init__(self):
+        self.scored: list[str] = []
+
+    def score(self, prompts, queries):
+        self.scored.extend(prompts)
+        return torch.tensor([(hash((p, q)) % 1000) / 1000 for p, q in zip(prompts, queries)])
+
+    def tuned_state(self):
+        return {}
+
+
+def test_a_refit_scores_only_the_held_out_pairs_it_has_not_scored():
+    from meg.routing.retrieval import pair_key
+
+    encode, verifier = fake_encoder(), _StubVerifier()
+    seen: list[str] = []
+
+    def counting(texts):
+        seen.extend(texts)
+        return encode(texts)
+
+    names = [f"Person{i}" for i in range(40)]
+    pairs = [PseudoPair(f"{n} is a citizen of", f"{n} is a citizen of which country", n) for n in names]
+    unrelated = [f"Query number {i} about weather" for i in range(50)]
+
+    def data(prompts, subjects):
+        return RoutingData(prompts, encode(prompts), subjects, unrelated, encode(unrelated), pairs, encode=counting)
+
+    first = RetrievalRouter._calibrated(data(PROMPTS[:2], SUBJECTS[:2]), COSINE, verifier, None)
+    scored = {k for k, v in first.pair_scores.items() if not math.isnan(v.verdict)}
+    assert len(first.pair_scores) == len(pairs) and 0 < len(scored) < len(pairs)  # questions of all, scores of used
+    loaded = RetrievalRouter.from_state(COSINE, first.fitted(), first.state_dict(), encode(PROMPTS[:2]),
+                                        [EditRequest(p, "x", s) for p, s in zip(PROMPTS[:2], SUBJECTS[:2])])
+    assert list(loaded.pair_scores) == list(first.pair_scores)
+    for k, v in first.pair_scores.items():  # NaN: a pair the first fit did not weigh
+        got = loaded.pair_scores[k]
+        torch.testing.assert_close(torch.tensor([got.cosine, got.verdict]), torch.tensor([v.cosine, v.verdict]),
+                                   rtol=0, atol=0, equal_nan=True)
+        assert torch.equal(got.question, v.question)
+    seen.clear()
+    verifier.scored.clear()
+    grown = first.refit(data(PROMPTS, SUBJECTS))
+    questions = {p.question for p in pairs}
+    assert not questions & set(seen)  # every question was encoded by the first fit
+    rescored = {pair_key(p) for p in pairs if p.question in set(verifier.scored)}
+    assert not rescored & scored  # a pair scored once is never scored again
+    fresh = RetrievalRouter._calibrated(data(PROMPTS, SUBJECTS), COSINE, verifier, None)
+    assert grown.thresholds == fresh.thresholds
+    assert all(torch.equal(grown.reference[k], fresh.reference[k]) for k in fresh.reference)
 
 
 def test_free_threshold_never_below_what_held_out_paraphrases_reach():

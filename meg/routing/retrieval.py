@@ -36,6 +36,7 @@ calibrated on the held-out pairs the same way.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -138,6 +139,25 @@ def _reference(name: str, scores: torch.Tensor, weights: torch.Tensor) -> dict[s
 MIN_MATCHED_PAIRS = 50
 
 MASKED_EDITS = "masked_edits"  # router state: (N, C) embeddings of the edit prompts with their subject masked
+PAIRS = "pairs."  # router state: per held-out pair, what calibration computed that does not depend on the edits
+
+
+def pair_key(pair: Any) -> bytes:
+    """8 bytes naming a held-out pair by its texts: the key of its cached calibration scores."""
+    text = "\0".join((pair.question, pair.paraphrase, pair.subject or ""))
+    return hashlib.blake2b(text.encode(), digest_size=8).digest()
+
+
+@dataclass
+class PairScore:
+    """A held-out pair's question embedding (C,), and once the subject calibration has weighed it, its cosine
+    score (blended with the masked one) and the verifier's probability (NaN until then). None of these depends on
+    the edits, only on the pair, the encoder and the verifier, which a lifelong refit keeps: a refit scores only
+    the pairs it has not scored before (docs/LOG.md, 2026-12-02: 3,300 pairs cost 60 of a 70 s refit)."""
+
+    question: torch.Tensor
+    cosine: float = math.nan
+    verdict: float = math.nan
 
 _CLOSED = 1.0 + 1e-6  # above any cosine: a path that accepts nothing (finite, so JSON can store it)
 
@@ -168,6 +188,7 @@ class RetrievalRouter:
         self._masked_edits: torch.Tensor | None = None  # (N, C) edit prompts without their subject, on first use
         self.reference: dict[str, torch.Tensor] = {}  # held-out pair scores for `verifier_weight` < 1
         self._pair_questions: torch.Tensor | None = None  # (P, C) while fitting: both calibrations use them
+        self.pair_scores: dict[bytes, PairScore] = {}  # by `pair_key`: kept with the pack for the next refit
 
     def _masked_weight(self) -> float:
         return self.config.masked_weight if self.encode is not None else 0.0  # masking needs the encoder
@@ -362,20 +383,24 @@ class RetrievalRouter:
         """This router's settings and verifier on another edit set (a lifelong add or remove): only the
         calibration is re-run, since the thresholds weigh the held-out pairs by the edits they are nearest to."""
         return self._calibrated(data, self.config, self.verifier, self.calibration.get("verifier_training"),
-                                self._known_masked())
+                                self._known_masked(), self.pair_scores)
 
     @classmethod
     def _calibrated(cls, data: RoutingData, config: RetrievalConfig, verifier: SubjectVerifier | None,
-                    verifier_log: dict | None, known_masked: dict[str, torch.Tensor] | None = None) -> RetrievalRouter:
+                    verifier_log: dict | None, known_masked: dict[str, torch.Tensor] | None = None,
+                    known_pairs: dict[bytes, PairScore] | None = None) -> RetrievalRouter:
         router = cls(config, data.edit_embeddings, data.subjects, data.edit_queries,
                      {"subject": _CLOSED, "free": _CLOSED}, encode=data.encode, verifier=verifier)
         if known_masked and router._masked_weight() > 0:
             router._masked_edit_embeddings(known_masked)
+        router.pair_scores = dict(known_pairs or {})
         try:
             router.thresholds["subject"], pairs, matched = router._calibrate_subject(data)
             router.thresholds["free"], achieved, floor = router._calibrate_free(data)
         finally:
             router._pair_questions = None
+        current = {pair_key(p) for p in data.pseudo_pairs}  # the pairs of another edit set are not kept
+        router.pair_scores = {k: v for k, v in router.pair_scores.items() if k in current}
         router.calibration = {"paraphrase_pairs": pairs, "pairs_nearest_to_edits": matched,
                               "unrelated_queries": len(data.unrelated_queries), "free_floor": floor,
                               "achieved_unrelated_rate": achieved, "subject_edits": len(router.index),
@@ -400,17 +425,8 @@ class RetrievalRouter:
         weights = self._pair_weights(edits, questions, [p.question for p in pairs])
         used = weights > 0  # zero-weight pairs do not move the quantile: score only the others
         pairs, questions, weights = [p for p, u in zip(pairs, used.tolist()) if u], questions[used], weights[used]
-        texts = [focus(p.paraphrase, p.subject) if self.config.focus else p.paraphrase for p in pairs]
-        sims = torch.zeros(len(pairs), dtype=torch.float64)  # (P,) cosines, unless the verifier alone decides
-        if self.verifier is None or self.config.verifier_weight < 1:
-            sims = (self.encode(texts) * questions).sum(dim=1).double()
-            weight = self._masked_weight()
-            if weight > 0:
-                masked_q = self.encode([without_subject(p.question, p.subject) for p in pairs])
-                masked_p = self.encode([without_subject(t, p.subject) for t, p in zip(texts, pairs)])
-                sims = (1 - weight) * sims + weight * (masked_q * masked_p).sum(dim=1).double()
+        sims, verdict = self._pair_scores(pairs, questions)
         if self.verifier is not None:  # the subject threshold applies to the verifier's probability (or blend)
-            verdict = self.verifier.score([p.question for p in pairs], texts).double()  # (P,)
             if self.config.verifier_weight < 1:
                 self.reference = {**_reference("cosine", sims, weights), **_reference("verifier", verdict, weights)}
             sims = self._blend(sims, verdict)
@@ -423,6 +439,35 @@ class RetrievalRouter:
             sims, weights = sims[kept], weights[kept]
         threshold = weighted_quantile(sims, weights, share)
         return threshold, total, len(pairs) if self.config.matched_calibration else 0
+
+    def _pair_scores(self, pairs: Sequence[Any], questions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(P,) cosine scores (zeros when the verifier alone decides) and (P,) verifier probabilities (NaN without a
+        verifier) of the held-out pairs (their questions' embeddings (P, C)), scoring only those not scored before."""
+        known = [self.pair_scores[pair_key(p)] for p in pairs]
+        todo = [i for i, k in enumerate(known) if math.isnan(k.verdict if self.verifier is not None else k.cosine)]
+        if todo:
+            sims, verdict = self._score_pairs([pairs[i] for i in todo], questions[todo])
+            for i, cosine, probability in zip(todo, sims.tolist(), verdict.tolist()):
+                known[i].cosine, known[i].verdict = cosine, probability
+        return (torch.tensor([k.cosine for k in known], dtype=torch.float64),
+                torch.tensor([k.verdict for k in known], dtype=torch.float64))
+
+    def _score_pairs(self, pairs: Sequence[Any], questions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`_pair_scores` computed: each question against its focused paraphrase, by cosine (blended with both
+        texts' subject-masked cosine) and by the verifier."""
+        texts = [focus(p.paraphrase, p.subject) if self.config.focus else p.paraphrase for p in pairs]
+        sims = torch.zeros(len(pairs), dtype=torch.float64)  # (P,) cosines, unless the verifier alone decides
+        if self.verifier is None or self.config.verifier_weight < 1:
+            sims = (self.encode(texts) * questions).sum(dim=1).double()
+            weight = self._masked_weight()
+            if weight > 0:
+                masked_q = self.encode([without_subject(p.question, p.subject) for p in pairs])
+                masked_p = self.encode([without_subject(t, p.subject) for t, p in zip(texts, pairs)])
+                sims = (1 - weight) * sims + weight * (masked_q * masked_p).sum(dim=1).double()
+        verdict = torch.full((len(pairs),), math.nan, dtype=torch.float64)
+        if self.verifier is not None:
+            verdict = self.verifier.score([p.question for p in pairs], texts).double()  # (P,)
+        return sims, verdict
 
     def _pair_weights(self, edits: torch.Tensor, questions: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
         """(P,) weight of each held-out pair: with `matched_calibration` the number of the edits (ids (E,)) whose
@@ -446,9 +491,15 @@ class RetrievalRouter:
         return torch.bincount(nearest, minlength=len(questions)).double()
 
     def _questions(self, data: RoutingData) -> torch.Tensor:
-        """(P, C) embeddings of every held-out pair's question, encoded once per fit."""
+        """(P, C) embeddings of every held-out pair's question, encoded once per fit (and by a refit only for the
+        pairs the previous fit did not have)."""
         if self._pair_questions is None:
-            self._pair_questions = self.encode([p.question for p in data.pseudo_pairs])
+            keys = [pair_key(p) for p in data.pseudo_pairs]
+            missing = [i for i, k in enumerate(keys) if k not in self.pair_scores]
+            if missing:
+                encoded = self.encode([data.pseudo_pairs[i].question for i in missing])
+                self.pair_scores.update((keys[i], PairScore(e)) for i, e in zip(missing, encoded))
+            self._pair_questions = torch.stack([self.pair_scores[k].question for k in keys]) if keys else None
         return self._pair_questions
 
     def _pair_floor(self, data: RoutingData) -> float:
@@ -497,7 +548,30 @@ class RetrievalRouter:
         state = {f"verifier.{k}": v for k, v in self.verifier.tuned_state().items()} if self.verifier else {}
         if self._masked_weight() > 0:
             state[MASKED_EDITS] = self._masked_edit_embeddings()
-        return {**state, **{f"reference.{k}": v for k, v in self.reference.items()}}
+        return {**state, **self._pair_state(), **{f"reference.{k}": v for k, v in self.reference.items()}}
+
+    def _pair_state(self) -> dict[str, torch.Tensor]:
+        """`pair_scores` as tensors: keys (P, 8) uint8, questions (P, C), cosine and verdict (P,) float64."""
+        if not self.pair_scores:
+            return {}
+        keys, scores = list(self.pair_scores), list(self.pair_scores.values())
+        return {f"{PAIRS}key": torch.tensor([list(k) for k in keys], dtype=torch.uint8),
+                f"{PAIRS}question": torch.stack([s.question for s in scores]),
+                f"{PAIRS}cosine": torch.tensor([s.cosine for s in scores], dtype=torch.float64),
+                f"{PAIRS}verdict": torch.tensor([s.verdict for s in scores], dtype=torch.float64)}
+
+    @staticmethod
+    def _pairs_from_state(state: dict[str, torch.Tensor]) -> dict[bytes, PairScore]:
+        """`_pair_state` read back ({} from packs saved before 2026-12-02: a refit then scores every pair)."""
+        if f"{PAIRS}key" not in state:
+            return {}
+        parts = [state[f"{PAIRS}{name}"] for name in ("key", "question", "cosine", "verdict")]
+        if len({len(part) for part in parts}) != 1:
+            raise PackError(f"router state {PAIRS}*: key, question, cosine and verdict differ in length "
+                            f"({', '.join(str(len(part)) for part in parts)})")
+        keys, questions, cosine, verdict = parts
+        return {bytes(k.tolist()): PairScore(q, c, v)
+                for k, q, c, v in zip(keys, questions, cosine.tolist(), verdict.tolist())}
 
     @classmethod
     def from_state(cls, config: RetrievalConfig, fitted: dict[str, Any], state: dict[str, torch.Tensor],
@@ -510,6 +584,7 @@ class RetrievalRouter:
         router = cls(config, edit_embeddings, [r.subject for r in requests], [r.prompt for r in requests],
                      dict(fitted["thresholds"]), fitted.get("calibration"), encode, verifier)
         router.reference = {k.removeprefix("reference."): v for k, v in state.items() if k.startswith("reference.")}
+        router.pair_scores = cls._pairs_from_state(state)
         masked = state.get(MASKED_EDITS)  # absent in packs saved before 2026-12-01: encoded on first use
         if masked is not None:
             if tuple(masked.shape) != tuple(edit_embeddings.shape):
