@@ -41,6 +41,7 @@ from typing import Literal
 import torch
 from torch import nn
 from torch.nn import functional as F
+from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from meg import files
@@ -337,14 +338,19 @@ _TARGET_FIELDS = ("v_lr", "v_steps", "v_weight_decay", "clamp_norm_factor", "kl_
 
 
 def optimise_targets(model: nn.Module, edits: PreparedEdits, layer: int, config: LocateConfig,
-                     work_dir: Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+                     work_dir: Path | None = None, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Step 1 for every edit, `batch_size` edits at a time: (z (N, d), final target NLL (N,)). With `work_dir`, each
     chunk's targets are stored there under a hash of its inputs (rows never interact, so a chunk's targets depend on
     its own rows only): MEMIT and AlphaEdit settings that differ only in how the targets are spread (a sweep, or
-    both methods in one bench) compute them once, and an interrupted step 1 resumes at its first unfinished chunk."""
+    both methods in one bench) compute them once, and an interrupted step 1 resumes at its first unfinished chunk.
+    With `progress`, a bar counts the edits done (10,000 edits take ~1.5 h on one CPU thread)."""
     job = digest(fingerprint(model), layer, {f: getattr(config, f) for f in _TARGET_FIELDS}) if work_dir else None
-    parts = [_cached_rows(model, edits, rows, layer, config, Path(work_dir), job) if work_dir
-             else _optimise_rows(model, edits, rows, layer, config) for rows in chunks(len(edits), config.batch_size)]
+    parts = []
+    with tqdm(total=len(edits), desc="MEMIT step 1 (targets)", unit="edit", disable=not progress) as bar:
+        for rows in chunks(len(edits), config.batch_size):
+            parts.append(_cached_rows(model, edits, rows, layer, config, Path(work_dir), job) if work_dir
+                         else _optimise_rows(model, edits, rows, layer, config))
+            bar.update(rows.stop - rows.start)
     return torch.cat([z for z, _ in parts]), torch.cat([nll for _, nll in parts])
 
 
@@ -447,7 +453,7 @@ def locate_and_edit(model: nn.Module, tokenizer: PreTrainedTokenizerBase, reques
     edits = _to_device(edits, device)
     if statistics is None:
         statistics = key_statistics(edited, tokenizer, layers, config, context.progress)  # before any edit
-    z, nll = optimise_targets(edited, edits, layers[-1], config, context.work_dir)
+    z, nll = optimise_targets(edited, edits, layers[-1], config, context.work_dir, context.progress)
     reached = step1_success(edited, edits, layers[-1], z, config.batch_size)
     norms = spread_update(edited, edits, z, layers, make_update(statistics), config.batch_size)
     info = {"config": config.to_dict(), "layers": layers, "edits": len(requests), "subject_fallbacks": edits.fallbacks,
