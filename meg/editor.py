@@ -208,6 +208,7 @@ class MegEditor:
             edit_embeddings=edit_emb, encoder_state=encoder.tuned_state() if config.encoder.tune else None,
             router_fitted=router_fitted, router_state=router_state, generator=generator,
             history=[history_entry("fit", len(requests), weights=requested)],
+            query_embeddings=dict(zip(unrelated, unrelated_emb)),
             log={"stage_seconds": dict(self.seconds), "replaced_duplicates": replaced, "encoder_tuning": tuning,
                  "generator_training": generator_log, "pseudo_pairs": pair_count,
                  "calibration_pairs": len(calibration), "unrelated_queries": len(unrelated),
@@ -263,7 +264,7 @@ class MegEditor:
             fresh = [change.requests[i].prompt for i, row in enumerate(change.embedding_from) if row < 0]
             fresh_emb = encoder.encode(fresh, progress=progress).to(pack.edit_embeddings.dtype) if fresh else None
             edit_emb = _rows(pack.edit_embeddings, fresh_emb, change.embedding_from)  # (N, C)
-            unrelated_emb = encoder.encode(list(unrelated), progress=progress)  # (M, C)
+            unrelated_emb = _embedded(encoder, list(unrelated), pack.query_embeddings, progress)  # (M, C)
         with self._stage("router"):
             previous = router_class(config.router).from_state(config.router_config(), pack.router_fitted,
                                                               pack.router_state, pack.edit_embeddings, pack.requests,
@@ -291,7 +292,7 @@ class MegEditor:
             template=pack.template, requests=change.requests, ids=change.ids, collection=collection,
             edit_embeddings=edit_emb, encoder_state=pack.encoder_state, router_fitted=router_fitted,
             router_state=router_state, generator=generator, next_id=change.next_id,
-            history=[*pack.history, entry], log=dict(pack.log),
+            history=[*pack.history, entry], log=dict(pack.log), query_embeddings=dict(zip(unrelated, unrelated_emb)),
         )
 
     def _check_change(self, pack: EditPack, change: lifelong.Change) -> None:
@@ -386,6 +387,15 @@ class MegEditor:
 def _router_parts(router) -> tuple[dict, dict]:
     """What a pack keeps of a fitted router: (its fitted settings, its state tensors)."""
     return router.fitted(), router.state_dict()
+
+
+def _embedded(encoder: QueryEncoder, texts: list[str], known: dict[str, torch.Tensor], progress: bool) -> torch.Tensor:
+    """(M, C) embeddings of `texts`, encoding only the ones `known` (text -> embedding, from the pack) lacks."""
+    missing = [t for t in dict.fromkeys(texts) if t not in known]
+    if not texts or len(missing) == len(texts):
+        return encoder.encode(texts, progress=progress)
+    table = {**known, **dict(zip(missing, encoder.encode(missing, progress=progress)))} if missing else known
+    return torch.stack([table[t] for t in texts])
 
 
 def _on_main(compute: Callable[[], Any]) -> Any:

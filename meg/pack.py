@@ -4,7 +4,8 @@
                               the resolved MegConfig (every setting, once), what the router's fit produced
                               (thresholds, calibration), the next edit id, the history of operations, logs
     edits.jsonl               the edit requests, one per line (the input format), each with its stable `id`
-    vectors.safetensors       collected neuron vectors (N, D), success (N,), loss, steps, edit embeddings (N, C)
+    vectors.safetensors       collected neuron vectors (N, D), success (N,), loss, steps, edit embeddings (N, C),
+                              the router's calibration queries' embeddings (M, C; the texts in its metadata)
     encoder_layer.safetensors the tuned last layer of the query encoder (absent when not tuned)
     router.safetensors / gate.safetensors   the router's tensors (the verifier's layers / the familiarity network)
     generator.safetensors     the diffusion generator's weights (absent for weights = "retrieved")
@@ -53,6 +54,7 @@ FORMAT = files.PACK_FORMAT
 FORMAT_VERSION = 2
 # The encoder and verifier models a pack may name without the caller trusting them: the shipped ones.
 SHIPPED_MODELS = ("minilm", "all-MiniLM-L6-v2")
+QUERY_EMBEDDINGS, QUERIES = "calibration_query_embeddings", "calibration_queries"  # in vectors.safetensors
 
 log = logging.getLogger("meg")
 
@@ -83,6 +85,9 @@ class EditPack:
     next_id: int = -1  # the id the next added edit gets (-1: one past the largest id)
     history: list[dict[str, Any]] = field(default_factory=list)
     log: dict[str, Any] = field(default_factory=dict)
+    # The router's calibration queries (text -> (C,) embedding under this pack's encoder), so a lifelong change
+    # re-encodes only queries it has not seen ({} for packs saved before 2026-12-02).
+    query_embeddings: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.next_id < 0:
@@ -125,7 +130,8 @@ class EditPack:
             files.atomic_write_json(tmp / files.PACK_CONFIG, self._config_json())
             write_jsonl([{"id": i, **r.to_json()} for i, r in zip(self.ids, self.requests)], tmp / files.PACK_EDITS)
             files.save_tensors(tmp / files.PACK_VECTORS, self._vector_tensors(),
-                               metadata={"predictions": json.dumps(self.collection.predictions)})
+                               metadata={"predictions": json.dumps(self.collection.predictions),
+                                         QUERIES: json.dumps(list(self.query_embeddings))})
             if self.encoder_state is not None:
                 files.save_tensors(tmp / files.PACK_ENCODER, self.encoder_state)
             files.save_tensors(tmp / router_class(self.router_name).state_file, self.router_state)
@@ -154,8 +160,9 @@ class EditPack:
 
     def _vector_tensors(self) -> dict[str, torch.Tensor]:
         c = self.collection
+        queries = {QUERY_EMBEDDINGS: torch.stack(list(self.query_embeddings.values()))} if self.query_embeddings else {}
         return {"vectors": c.vectors, "success": c.success, "loss": c.loss, "steps": c.steps,
-                "edit_embeddings": self.edit_embeddings}
+                "edit_embeddings": self.edit_embeddings, **queries}
 
     @classmethod
     def load(cls, path: str | Path, trust_models: bool | Iterable[str] = ()) -> EditPack:
@@ -253,16 +260,28 @@ def _tensors(path: Path, name: str) -> dict[str, torch.Tensor]:
         raise PackError(str(err)) from None
 
 
-def _predictions(path: Path) -> list[str]:
-    """The greedy predictions of collection, stored in the vectors file's metadata."""
+def _predictions(path: Path, name: str = "predictions") -> list[str]:
+    """The greedy predictions of collection (or, with `name`, the calibration queries), stored in the vectors
+    file's metadata."""
     file = files.inside(path, files.PACK_VECTORS)
     try:
-        predictions = json.loads(files.load_metadata(file).get("predictions", "[]"))
+        predictions = json.loads(files.load_metadata(file).get(name, "[]"))
     except (InputError, ValueError, RecursionError) as err:
         raise PackError(f"{file}: corrupted metadata ({_short(err)})") from None
     if not isinstance(predictions, list) or not all(isinstance(p, str) for p in predictions):
-        raise PackError(f"{file}: corrupted metadata (predictions must be a list of strings)")
+        raise PackError(f"{file}: corrupted metadata ({name} must be a list of strings)")
     return predictions
+
+
+def _query_embeddings(path: Path, vectors: dict[str, torch.Tensor], dim: int) -> dict[str, torch.Tensor]:
+    """The calibration queries' embeddings kept in the vectors file ({} when it has none)."""
+    queries, embeddings = _predictions(path, QUERIES), vectors.get(QUERY_EMBEDDINGS)
+    if embeddings is None:
+        return {}
+    if tuple(embeddings.shape) != (len(queries), dim) or len(set(queries)) < len(queries):
+        raise PackError(f"{path / files.PACK_VECTORS}: {QUERY_EMBEDDINGS} has shape {tuple(embeddings.shape)}, expected "
+                        f"({len(queries)}, {dim}): one row per distinct calibration query in its metadata")
+    return dict(zip(queries, embeddings))
 
 
 def _edits(path: Path, numbered_by_line: bool) -> tuple[list[int], list[EditRequest]]:
@@ -306,7 +325,7 @@ def _assemble(path: Path, meta: dict[str, Any], numbered_by_line: bool = False) 
         encoder_state=_tensors(path, files.PACK_ENCODER) if config.encoder.tune else None,
         router_fitted=meta["router"], router_state=_tensors(path, router_class(config.router).state_file),
         generator=generator, next_id=int(meta.get("next_id", -1)), history=list(meta.get("history", [])),
-        log=meta.get("log", {}),
+        log=meta.get("log", {}), query_embeddings=_query_embeddings(path, vectors, int(embeddings.shape[1])),
     )
 
 

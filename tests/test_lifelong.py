@@ -87,6 +87,25 @@ def test_add_collects_and_embeds_only_the_new_edits(retrieved, fact_gpt2, tokeni
     assert not any(d["routed"] for d in EditedModel(fact_gpt2, tokenizer, after).describe(ASKED))
 
 
+def test_a_change_reuses_the_calibration_queries_embeddings_the_pack_keeps(retrieved, fact_gpt2, tokenizer, tmp_path,
+                                                                           monkeypatch):
+    from meg.encoder import QueryEncoder
+
+    assert list(retrieved.query_embeddings) == list(dict.fromkeys(CALIBRATION))
+    loaded = EditPack.load(retrieved.save(tmp_path / "pack"))
+    assert all(torch.equal(loaded.query_embeddings[q], e) for q, e in retrieved.query_embeddings.items())
+    encoded: list[str] = []
+    encode = QueryEncoder.encode
+    monkeypatch.setattr(QueryEncoder, "encode", lambda self, texts, *a, **k: encoded.extend(texts) or
+                        encode(self, texts, *a, **k))
+    extra = "A calibration query the pack has not seen"
+    after = loaded.add(LATER, _editor(fact_gpt2, tokenizer, tiny_config()), **{**OPTIONS,
+                                                                              "unrelated": [*CALIBRATION, extra]})
+    assert extra in encoded and not set(CALIBRATION) & set(encoded)  # only the new query is encoded
+    assert torch.equal(after.query_embeddings[CALIBRATION[0]], retrieved.query_embeddings[CALIBRATION[0]])
+    assert extra in after.query_embeddings
+
+
 def test_the_router_is_refitted_with_the_pack_encoder(retrieved, fact_gpt2, tokenizer):
     after = retrieved.add(LATER, _editor(fact_gpt2, tokenizer, tiny_config()), **OPTIONS)
     assert after.encoder_state is retrieved.encoder_state  # reused, never retrained
