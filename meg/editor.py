@@ -42,7 +42,7 @@ from meg.pack import EditPack, history_entry
 from meg.prompts import PromptTemplate, answers_match
 from meg.pseudo_edits import split_pairs
 from meg.requests import EditRequest, NegativePair, PseudoPair, deduplicate
-from meg.routing import RoutingData, router_class
+from meg.routing import RoutingData, fitted_router, router_class
 from meg.surgery import neuron_spec
 
 log = logging.getLogger("meg")
@@ -193,7 +193,7 @@ class MegEditor:
             data = RoutingData([r.prompt for r in requests], edit_emb, [r.subject for r in requests], list(unrelated),
                                unrelated_emb, calibration, tune_pairs, encoder.encode, work, negative_pairs)
             router_fitted, router_state = _on_main(
-                lambda: _router_parts(router_class(config.router).fit(data, config.router_config(), progress=progress)))
+                lambda: fitted_router(config.router, config.router_config(), data, progress=progress))
         spec = neuron_spec(self.model, config.layer)
         with self._stage("collect"):
             collection = collect_weights(self.model, self.tokenizer, spec, requests, config.collection, self.template,

@@ -314,3 +314,21 @@ def test_precomputing_no_edits_is_a_no_op(pack, fact_gpt2, tokenizer):
     edited = EditedModel(fact_gpt2, tokenizer, pack)
     edited.precompute([])
     assert edited._edit_cache == {}
+
+
+def test_a_second_fit_of_the_same_edits_in_one_process_reuses_the_router(pack, fact_gpt2, tokenizer, monkeypatch):
+    """A bench's meg / mlp / knn variants differ only in the weight source: the router is fitted once."""
+    import meg.routing
+    from meg.routing.retrieval import RetrievalRouter
+
+    monkeypatch.setattr(meg.routing, "_LAST_FIT", {})  # whatever an earlier test fitted
+    fitted = []
+    fit_router = RetrievalRouter.fit.__func__
+    monkeypatch.setattr(RetrievalRouter, "fit", classmethod(lambda cls, *a, **k: fitted.append(1) or
+                                                            fit_router(cls, *a, **k)))
+    retrieved = fit(fact_gpt2, tokenizer, tiny_config(weights="retrieved"))
+    again = fit(fact_gpt2, tokenizer, tiny_config(weights="retrieved"))
+    assert len(fitted) == 1 and again.router_fitted == retrieved.router_fitted
+    other = fit(fact_gpt2, tokenizer, tiny_config(weights="retrieved"), REQUESTS[:-1])  # other edits: fitted again
+    assert len(fitted) == 2 and other.router_fitted["calibration"]["subject_edits"] == len(REQUESTS) - 1
+    assert retrieved.router_fitted["thresholds"] == pack.router_fitted["thresholds"]
