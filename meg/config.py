@@ -46,6 +46,7 @@ from meg.settings import Rules, Settings, setting
 WeightSource = Literal["generated", "retrieved", "auto"]
 Condition = Literal["query", "matched-edit"]
 VectorsPer = Literal["edit", "query"]
+GeneratorVectors = Literal["successful", "all"]
 
 
 def _named(value: Any, kind: type, presets: dict[str, Any]) -> Any:
@@ -81,6 +82,9 @@ class MegConfig(Settings):
                                       "once, from noise seeded by the edit, and reused; query (paper): every query "
                                       "draws its own noise")
     data_augmentation: bool = setting(False, "the paper's +DA: unrelated queries -> zero vector in generator training")
+    generator_vectors: GeneratorVectors = setting("successful", "the collected vectors the generator learns: successful "
+                                                  "(neurons that reached their target) or all (unfinished ones too: "
+                                                  "each edit's best vector, the one knn serves)")
     seed: int = setting(0, "seed of the pack's sampling noise")
 
     def __post_init__(self) -> None:

@@ -350,9 +350,9 @@ class MegEditor:
                    work: Path | None, progress: bool, training: GeneratorConfig | None = None,
                    init: WeightGenerator | None = None,
                    focus: Sequence[int] | None = None) -> tuple[WeightGenerator | None, Any]:
-        """Train the generator on every successful edit (`training`: another schedule than the pack's; `init`:
-        fine-tune these weights, with half of every batch from the edits of rows `focus` and the rest a replay of
-        the others)."""
+        """Train the generator on every successful edit, or every edit (`generator_vectors`; `training`: another
+        schedule than the pack's; `init`: fine-tune these weights, with half of every batch from the edits of rows
+        `focus` and the rest a replay of the others)."""
         if config.weights == "retrieved":
             return None, None
         with self._stage("generator"):
@@ -370,10 +370,11 @@ class MegEditor:
     @staticmethod
     def _generator_pairs(config: MegConfig, requests, collection: CollectionResult, edit_emb,
                          encoder) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(conditions (K, C), vectors (K, D), the edit row of each (K,)) from successful edits: the edit prompt
-        and, when the generator is conditioned on the query, any paraphrases the user supplied with the edit
-        (benchmark harnesses strip test paraphrases)."""
-        ok = collection.success.nonzero().flatten().tolist()
+        """(conditions (K, C), vectors (K, D), the edit row of each (K,)) from successful edits (every edit with
+        `generator_vectors="all"`): the edit prompt and, when the generator is conditioned on the query, any
+        paraphrases the user supplied with the edit (benchmark harnesses strip test paraphrases)."""
+        learned = collection.success if config.generator_vectors == "successful" else torch.ones_like(collection.success)
+        ok = learned.nonzero().flatten().tolist()
         conds, vectors, edits = [edit_emb[ok]], [collection.vectors[ok]], list(ok)
         if config.condition == "query":
             rows = [(i, p) for i in ok for p in requests[i].paraphrases]

@@ -332,3 +332,19 @@ def test_a_second_fit_of_the_same_edits_in_one_process_reuses_the_router(pack, f
     other = fit(fact_gpt2, tokenizer, tiny_config(weights="retrieved"), REQUESTS[:-1])  # other edits: fitted again
     assert len(fitted) == 2 and other.router_fitted["calibration"]["subject_edits"] == len(REQUESTS) - 1
     assert retrieved.router_fitted["thresholds"] == pack.router_fitted["thresholds"]
+
+
+def test_the_generator_learns_successful_vectors_or_every_vector():
+    """generator_vectors="all" also teaches the generator the unfinished vectors knn serves (a failed collection
+    still raises its target's probability: KnowEdit WikiData counterfact, docs/LOG.md 2026-12-02)."""
+    from meg.collection import CollectionResult
+
+    vectors = torch.arange(12, dtype=torch.float32).view(3, 4)
+    collection = CollectionResult(vectors, torch.tensor([True, False, True]), torch.zeros(3), torch.zeros(3), ["", "", ""])
+    edit_emb = torch.eye(3)
+    requests = REQUESTS[:3]
+    conds, learned, rows = MegEditor._generator_pairs(MegConfig(), requests, collection, edit_emb, None)
+    assert rows.tolist() == [0, 2] and torch.equal(learned, vectors[[0, 2]]) and torch.equal(conds, edit_emb[[0, 2]])
+    conds, learned, rows = MegEditor._generator_pairs(MegConfig(generator_vectors="all"), requests, collection,
+                                                      edit_emb, None)
+    assert rows.tolist() == [0, 1, 2] and torch.equal(learned, vectors)
