@@ -201,7 +201,7 @@ class MegEditor:
         generator, generator_log = self._generator(config, requests, collection, edit_emb, unrelated_emb, encoder,
                                                    work, progress)
         requested = config.weights
-        config, generator = _weight_source(config, generator, generator_log, int(collection.success.sum()))
+        config, generator = _weight_source(config, generator, generator_log, collection)
         return EditPack(
             config=config, base_model=self.model_name, base_fingerprint=fingerprint(self.model), neuron=spec,
             template=self.template, requests=requests, ids=list(range(len(requests))), collection=collection,
@@ -281,8 +281,7 @@ class MegEditor:
         mode, generator, generator_log = self._updated_generator(pack, change, collection, edit_emb, unrelated_emb,
                                                                  encoder, work, progress)
         if mode in ("fine-tune", "retrain") and pack.weights_requested == "auto":  # as a fit resolves it
-            config, generator = _weight_source(replace(config, weights="auto"), generator, generator_log,
-                                               int(collection.success.sum()))
+            config, generator = _weight_source(replace(config, weights="auto"), generator, generator_log, collection)
         entry = history_entry(change.operation, change.count, **change.report(), conflicts=conflicts,
                               generator=mode, weights=config.weights, stage_seconds=dict(self.seconds),
                               **({"collected": int(collected.success.sum()), "collection_rows": len(rows)}
@@ -406,9 +405,10 @@ def _on_main(compute: Callable[[], Any]) -> Any:
     return group.broadcast(compute() if group.main else None)
 
 
-def _weight_source(config: MegConfig, generator, training: dict | None, collected: int):
+def _weight_source(config: MegConfig, generator, training: dict | None, collection: CollectionResult):
     """`weights="auto"` resolved after training: the generator when it reproduces the collected vectors
     (meg.diffusion.train.holds), else the collected vectors themselves; the pack's config records which."""
+    collected = int(collection.success.sum()) if config.generator_vectors == "successful" else len(collection.success)
     if config.weights == "retrieved" or holds(training or {}, config.generator):
         return (replace(config, weights="generated") if config.weights == "auto" else config), generator
     if config.weights == "generated":

@@ -212,19 +212,23 @@ def test_a_batch_larger_than_the_route_cache_is_answered(edited, monkeypatch):
 
 
 def test_auto_weights_fall_back_to_the_collected_vectors_when_the_generator_does_not_hold(caplog):
+    from meg.collection import CollectionResult
     from meg.editor import _weight_source
 
+    ten = CollectionResult(torch.zeros(12, 2), torch.arange(12) < 10, torch.zeros(12), torch.zeros(12), [""] * 12)
     config = tiny_config(weights="auto")
     held = {"stop_reason": "criterion", "steps": 500, "evals": [{"relative_criterion": 0.1}]}
     failed = {"stop_reason": "max_steps", "steps": 1500, "evals": [{"relative_criterion": 1.1}]}
     sentinel = object()
-    assert _weight_source(config, sentinel, held, 10) == (replace(config, weights="generated"), sentinel)
+    assert _weight_source(config, sentinel, held, ten) == (replace(config, weights="generated"), sentinel)
     with caplog.at_level("WARNING", logger="meg"):
-        assert _weight_source(config, sentinel, failed, 10) == (replace(config, weights="retrieved"), None)
+        assert _weight_source(config, sentinel, failed, ten) == (replace(config, weights="retrieved"), None)
         assert "does not reproduce the 10 collected vectors" in caplog.text
         generated = replace(config, weights="generated")
-        assert _weight_source(generated, sentinel, failed, 10) == (generated, sentinel)  # kept, with a warning
+        assert _weight_source(generated, sentinel, failed, ten) == (generated, sentinel)  # kept, with a warning
     assert caplog.text.count("does not reproduce") == 2
+    _weight_source(replace(config, generator_vectors="all"), sentinel, failed, ten)  # the unfinished ones too
+    assert "does not reproduce the 12 collected vectors" in caplog.text
 
 
 # --- inference cost (issue 19) ---
