@@ -236,19 +236,21 @@ def test_the_verifier_reads_only_rows_whose_route_it_can_change(monkeypatch):
 
     data, encode = _graded(monkeypatch, 1, [f"Where was Q{i} born?" for i in range(30)], [f"Q{i}" for i in range(30)],
                            Counting)
-    router = RetrievalRouter.fit(data, _graded_config(0.5))
-    router.thresholds["subject"] = 0.2  # low, as calibrated on real pairs (0.085 on CounterFact 1,024)
     queries = [f"Q{i} was born where?" if i % 2 else f"Q{i} taught whom?" for i in range(30)]
     embeddings = encode(queries)
-    seen.clear()
-    full = router.decide(router.scores(queries, embeddings), router.thresholds["subject"], router.thresholds["free"])
-    assert seen == [30]
-    seen.clear()
-    routes = router.route(queries, embeddings)
-    assert torch.equal(routes.routed, full.routed) and torch.equal(routes.edit, full.edit)
-    assert 0 < full.routed.sum() < 30 and sum(seen) < 30  # some rows were decided by their cosine alone
-    routes, _ = router.route_texts(queries, encode)
-    assert torch.equal(routes.routed, full.routed) and torch.equal(routes.edit, full.edit)
+    for veto in (None, 0.01):  # with the veto (the default) a high cosine still needs the verifier's reading
+        router = RetrievalRouter.fit(data, replace(_graded_config(0.5), verifier_veto=veto))
+        router.thresholds["subject"] = 0.2  # low, as calibrated on real pairs (0.085 on CounterFact 1,024)
+        seen.clear()
+        full = router.decide(router.scores(queries, embeddings), router.thresholds["subject"],
+                             router.thresholds["free"])
+        assert seen == [30]
+        seen.clear()
+        routes = router.route(queries, embeddings)
+        assert torch.equal(routes.routed, full.routed) and torch.equal(routes.edit, full.edit)
+        assert 0 < full.routed.sum() < 30 and (veto is not None or sum(seen) < 30)  # some decided by cosine alone
+        routes, _ = router.route_texts(queries, encode)
+        assert torch.equal(routes.routed, full.routed) and torch.equal(routes.edit, full.edit)
 
 
 def test_a_verifier_veto_stops_a_high_cosine_the_blend_would_route(monkeypatch):
@@ -256,7 +258,7 @@ def test_a_verifier_veto_stops_a_high_cosine_the_blend_would_route(monkeypatch):
     father of X" against the edit "the mother of X", docs/LOG.md 2026-12-01); with the veto, a candidate whose
     verdict is under the held-out pairs' quantile is never routed, and the rows are not decided by cosine alone."""
     data, encode = _graded(monkeypatch, 2, ["Where was Ada born?"], ["Ada"])
-    config = _graded_config(0.3)
+    config = replace(_graded_config(0.3), verifier_veto=None)
     plain = RetrievalRouter.fit(data, config)
     vetoing = RetrievalRouter.fit(data, replace(config, verifier_veto=0.05))
     veto = vetoing.thresholds["verifier_veto"]

@@ -65,9 +65,9 @@ VARIANTS: dict[str, RouterVariant] = {
        for name, eps in PAPER_EPSILONS.items()},
     "retrieval/default": RouterVariant("subject-verified retrieval as configured by default (RetrievalConfig(), "
                                        "hard-negative encoder)", "retrieval"),
-    "retrieval/veto1": RouterVariant("the default router whose verifier vetoes candidates scoring under 1% of the "
-                                     "held-out pairs (RetrievalConfig.verifier_veto 0.01)", "retrieval",
-                                     retrieval_config={"verifier_veto": 0.01}),
+    "retrieval/no-veto": RouterVariant("the default router without the verifier's veto (RetrievalConfig.verifier_veto "
+                                       "null, the default before 2026-12-02)", "retrieval",
+                                       retrieval_config={"verifier_veto": None}),
     "retrieval/veto5": RouterVariant("the default router, verifier_veto 0.05", "retrieval",
                                      retrieval_config={"verifier_veto": 0.05}),
     "inferred/default": RouterVariant("the default router with edits given WITHOUT subjects: subjects guessed from "

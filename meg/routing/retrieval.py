@@ -74,7 +74,7 @@ class RetrievalConfig(Settings):
     free_floor: bool = setting(True, "the free threshold is at least the held-out pairs' paraphrase_recall cosine")
     verifier_weight: float = setting(0.7, "the verifier's share of the subject score, as ranks among the held-out "
                                           "pairs; 1 = the verifier alone decides")
-    verifier_veto: float | None = setting(None, "a candidate whose verifier probability is below the held-out pairs' "
+    verifier_veto: float | None = setting(0.01, "a candidate whose verifier probability is below the held-out pairs' "
                                                 "quantile at this share is never routed, whatever its cosine; null = "
                                                 "off (the blend alone decides)")
 
