@@ -302,8 +302,9 @@ def _edits(path: Path, numbered_by_line: bool) -> tuple[list[int], list[EditRequ
 
 
 def _assemble(path: Path, meta: dict[str, Any], numbered_by_line: bool = False) -> EditPack:
-    # Packs saved before `vectors_per` existed sampled every query's own noise.
-    config = MegConfig.from_dict({"vectors_per": "query", **meta["meg"]})
+    # Packs saved before `vectors_per` existed sampled every query's own noise; before `generator_vectors`, the
+    # generator learned the successful vectors only.
+    config = MegConfig.from_dict({"vectors_per": "query", "generator_vectors": "successful", **meta["meg"]})
     neuron = NeuronSpec(**meta["neuron"])
     ids, requests = _edits(path, numbered_by_line)
     vectors = _tensors(path, files.PACK_VECTORS)

@@ -223,12 +223,12 @@ def test_auto_weights_fall_back_to_the_collected_vectors_when_the_generator_does
     assert _weight_source(config, sentinel, held, ten) == (replace(config, weights="generated"), sentinel)
     with caplog.at_level("WARNING", logger="meg"):
         assert _weight_source(config, sentinel, failed, ten) == (replace(config, weights="retrieved"), None)
-        assert "does not reproduce the 10 collected vectors" in caplog.text
+        assert "does not reproduce the 12 collected vectors" in caplog.text  # unfinished ones too, by default
         generated = replace(config, weights="generated")
         assert _weight_source(generated, sentinel, failed, ten) == (generated, sentinel)  # kept, with a warning
     assert caplog.text.count("does not reproduce") == 2
-    _weight_source(replace(config, generator_vectors="all"), sentinel, failed, ten)  # the unfinished ones too
-    assert "does not reproduce the 12 collected vectors" in caplog.text
+    _weight_source(replace(config, generator_vectors="successful"), sentinel, failed, ten)
+    assert "does not reproduce the 10 collected vectors" in caplog.text
 
 
 # --- inference cost (issue 19) ---
@@ -338,8 +338,8 @@ def test_a_second_fit_of_the_same_edits_in_one_process_reuses_the_router(pack, f
     assert retrieved.router_fitted["thresholds"] == pack.router_fitted["thresholds"]
 
 
-def test_the_generator_learns_successful_vectors_or_every_vector():
-    """generator_vectors="all" also teaches the generator the unfinished vectors knn serves (a failed collection
+def test_the_generator_learns_every_vector_or_the_successful_ones():
+    """generator_vectors="all" (the default) also teaches the generator the unfinished vectors knn serves (a failed collection
     still raises its target's probability: KnowEdit WikiData counterfact, docs/LOG.md 2026-12-02)."""
     from meg.collection import CollectionResult
 
@@ -347,8 +347,8 @@ def test_the_generator_learns_successful_vectors_or_every_vector():
     collection = CollectionResult(vectors, torch.tensor([True, False, True]), torch.zeros(3), torch.zeros(3), ["", "", ""])
     edit_emb = torch.eye(3)
     requests = REQUESTS[:3]
-    conds, learned, rows = MegEditor._generator_pairs(MegConfig(), requests, collection, edit_emb, None)
-    assert rows.tolist() == [0, 2] and torch.equal(learned, vectors[[0, 2]]) and torch.equal(conds, edit_emb[[0, 2]])
-    conds, learned, rows = MegEditor._generator_pairs(MegConfig(generator_vectors="all"), requests, collection,
+    conds, learned, rows = MegEditor._generator_pairs(MegConfig(generator_vectors="successful"), requests, collection,
                                                       edit_emb, None)
-    assert rows.tolist() == [0, 1, 2] and torch.equal(learned, vectors)
+    assert rows.tolist() == [0, 2] and torch.equal(learned, vectors[[0, 2]]) and torch.equal(conds, edit_emb[[0, 2]])
+    conds, learned, rows = MegEditor._generator_pairs(MegConfig(), requests, collection, edit_emb, None)
+    assert rows.tolist() == [0, 1, 2] and torch.equal(learned, vectors)  # the default: every vector

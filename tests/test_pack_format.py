@@ -51,6 +51,7 @@ def test_a_format_1_pack_loads_and_answers_exactly_as_when_it_was_written(fixtur
     assert pack.ids == list(range(8)) and pack.next_id == 8
     assert [h["operation"] for h in pack.history] == ["fit"] and pack.history[0]["migrated_from_format"] == 1
     assert pack.config.layer == 1 and pack.config.collection is not None and pack.config.router == name
+    assert pack.config.generator_vectors == "successful"  # what its generator learned; new packs: "all"
 
 
 @pytest.mark.parametrize("name", ["retrieval", "paper-gate"])
