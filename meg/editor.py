@@ -42,7 +42,7 @@ from meg.pack import EditPack, history_entry
 from meg.prompts import PromptTemplate, answers_match
 from meg.pseudo_edits import split_pairs
 from meg.requests import EditRequest, NegativePair, PseudoPair, deduplicate
-from meg.routing import RoutingData, fitted_router, router_class
+from meg.routing import RoutingData, embed_known, fitted_router, router_class, router_parts
 from meg.surgery import neuron_spec
 
 log = logging.getLogger("meg")
@@ -264,7 +264,8 @@ class MegEditor:
             fresh = [change.requests[i].prompt for i, row in enumerate(change.embedding_from) if row < 0]
             fresh_emb = encoder.encode(fresh, progress=progress).to(pack.edit_embeddings.dtype) if fresh else None
             edit_emb = _rows(pack.edit_embeddings, fresh_emb, change.embedding_from)  # (N, C)
-            unrelated_emb = _embedded(encoder, list(unrelated), pack.query_embeddings, progress)  # (M, C)
+            unrelated_emb = embed_known(list(unrelated), pack.query_embeddings,  # (M, C): new queries only
+                                        functools.partial(encoder.encode, progress=progress))
         with self._stage("router"):
             previous = router_class(config.router).from_state(config.router_config(), pack.router_fitted,
                                                               pack.router_state, pack.edit_embeddings, pack.requests,
@@ -272,7 +273,8 @@ class MegEditor:
             data = RoutingData([r.prompt for r in change.requests], edit_emb, [r.subject for r in change.requests],
                                list(unrelated), unrelated_emb, calibration, tune_pairs, encoder.encode, work)
             conflicts, (router_fitted, router_state) = _on_main(lambda: (
-                self._conflicts(previous, pack, change, edit_emb), _router_parts(previous.refit(data, progress=progress))))
+                self._conflicts(previous, pack, change, edit_emb),
+                router_parts(previous.refit(data, progress=progress))))
         with self._stage("collect"):
             rows = change.recollect
             collected = collect_weights(self.model, self.tokenizer, pack.neuron, [change.requests[i] for i in rows],
@@ -372,8 +374,7 @@ class MegEditor:
         """(conditions (K, C), vectors (K, D), the edit row of each (K,)) from successful edits (every edit with
         `generator_vectors="all"`): the edit prompt and, when the generator is conditioned on the query, any
         paraphrases the user supplied with the edit (benchmark harnesses strip test paraphrases)."""
-        learned = collection.success if config.generator_vectors == "successful" else torch.ones_like(collection.success)
-        ok = learned.nonzero().flatten().tolist()
+        ok = _learned(config, collection).nonzero().flatten().tolist()
         conds, vectors, edits = [edit_emb[ok]], [collection.vectors[ok]], list(ok)
         if config.condition == "query":
             rows = [(i, p) for i in ok for p in requests[i].paraphrases]
@@ -384,20 +385,6 @@ class MegEditor:
         return torch.cat(conds), torch.cat(vectors), torch.tensor(edits, dtype=torch.long)
 
 
-def _router_parts(router) -> tuple[dict, dict]:
-    """What a pack keeps of a fitted router: (its fitted settings, its state tensors)."""
-    return router.fitted(), router.state_dict()
-
-
-def _embedded(encoder: QueryEncoder, texts: list[str], known: dict[str, torch.Tensor], progress: bool) -> torch.Tensor:
-    """(M, C) embeddings of `texts`, encoding only the ones `known` (text -> embedding, from the pack) lacks."""
-    missing = [t for t in dict.fromkeys(texts) if t not in known]
-    if not texts or len(missing) == len(texts):
-        return encoder.encode(texts, progress=progress)
-    table = {**known, **dict(zip(missing, encoder.encode(missing, progress=progress)))} if missing else known
-    return torch.stack([table[t] for t in texts])
-
-
 def _on_main(compute: Callable[[], Any]) -> Any:
     """`compute()` on rank 0 alone (the router: it reads and writes the work directory's caches), its result sent to
     every rank; in one process, just `compute()`."""
@@ -405,10 +392,15 @@ def _on_main(compute: Callable[[], Any]) -> Any:
     return group.broadcast(compute() if group.main else None)
 
 
+def _learned(config: MegConfig, collection: CollectionResult) -> torch.Tensor:
+    """(N,) bool: the edits whose collected vectors the generator learns (`MegConfig.generator_vectors`)."""
+    return collection.success if config.generator_vectors == "successful" else torch.ones_like(collection.success)
+
+
 def _weight_source(config: MegConfig, generator, training: dict | None, collection: CollectionResult):
     """`weights="auto"` resolved after training: the generator when it reproduces the collected vectors
     (meg.diffusion.train.holds), else the collected vectors themselves; the pack's config records which."""
-    collected = int(collection.success.sum()) if config.generator_vectors == "successful" else len(collection.success)
+    collected = int(_learned(config, collection).sum())
     if config.weights == "retrieved" or holds(training or {}, config.generator):
         return (replace(config, weights="generated") if config.weights == "auto" else config), generator
     if config.weights == "generated":

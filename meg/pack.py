@@ -260,22 +260,22 @@ def _tensors(path: Path, name: str) -> dict[str, torch.Tensor]:
         raise PackError(str(err)) from None
 
 
-def _predictions(path: Path, name: str = "predictions") -> list[str]:
-    """The greedy predictions of collection (or, with `name`, the calibration queries), stored in the vectors
-    file's metadata."""
+def _metadata_strings(path: Path, name: str) -> list[str]:
+    """A list of strings stored under `name` in the vectors file's metadata: the greedy predictions of collection
+    ("predictions") or the calibration queries."""
     file = files.inside(path, files.PACK_VECTORS)
     try:
-        predictions = json.loads(files.load_metadata(file).get(name, "[]"))
+        strings = json.loads(files.load_metadata(file).get(name, "[]"))
     except (InputError, ValueError, RecursionError) as err:
         raise PackError(f"{file}: corrupted metadata ({_short(err)})") from None
-    if not isinstance(predictions, list) or not all(isinstance(p, str) for p in predictions):
+    if not isinstance(strings, list) or not all(isinstance(p, str) for p in strings):
         raise PackError(f"{file}: corrupted metadata ({name} must be a list of strings)")
-    return predictions
+    return strings
 
 
 def _query_embeddings(path: Path, vectors: dict[str, torch.Tensor], dim: int) -> dict[str, torch.Tensor]:
     """The calibration queries' embeddings kept in the vectors file ({} when it has none)."""
-    queries, embeddings = _predictions(path, QUERIES), vectors.get(QUERY_EMBEDDINGS)
+    queries, embeddings = _metadata_strings(path, QUERIES), vectors.get(QUERY_EMBEDDINGS)
     if embeddings is None:
         return {}
     if tuple(embeddings.shape) != (len(queries), dim) or len(set(queries)) < len(queries):
@@ -308,7 +308,7 @@ def _assemble(path: Path, meta: dict[str, Any], numbered_by_line: bool = False) 
     neuron = NeuronSpec(**meta["neuron"])
     ids, requests = _edits(path, numbered_by_line)
     vectors = _tensors(path, files.PACK_VECTORS)
-    predictions = _predictions(path)
+    predictions = _metadata_strings(path, "predictions")
     collection = CollectionResult(vectors["vectors"], vectors["success"], vectors["loss"], vectors["steps"], predictions)
     embeddings = vectors["edit_embeddings"]
     _check_shapes(path, neuron, requests, collection, embeddings)

@@ -156,7 +156,9 @@ def test_fit_calibrates_on_held_out_pairs_and_unrelated_queries():
     assert achieved <= 0.02 and router.calibration["achieved_unrelated_rate"] == pytest.approx(float(achieved))
 
 
-def test_a_refit_encodes_only_the_masked_prompts_of_new_edits():
+def _refit_setup():
+    """(fake encoder, the texts its counting twin encoded, 40 held-out pairs, (prompts, subjects) -> RoutingData
+    encoding through the counting twin): what the refit tests measure re-encoding with."""
     encode = fake_encoder()
     seen: list[str] = []
 
@@ -171,6 +173,11 @@ def test_a_refit_encodes_only_the_masked_prompts_of_new_edits():
     def data(prompts, subjects):
         return RoutingData(prompts, encode(prompts), subjects, unrelated, encode(unrelated), pairs, encode=counting)
 
+    return encode, seen, pairs, data
+
+
+def test_a_refit_encodes_only_the_masked_prompts_of_new_edits():
+    _, seen, _, data = _refit_setup()
     first = RetrievalRouter.fit(data(PROMPTS[:2], SUBJECTS[:2]), COSINE)
     first.state_dict()  # as a pack is saved: the masked prompts' embeddings are encoded and kept
     seen.clear()
@@ -199,20 +206,8 @@ class _StubVerifier:
 def test_a_refit_scores_only_the_held_out_pairs_it_has_not_scored():
     from meg.routing.retrieval import pair_key
 
-    encode, verifier = fake_encoder(), _StubVerifier()
-    seen: list[str] = []
-
-    def counting(texts):
-        seen.extend(texts)
-        return encode(texts)
-
-    names = [f"Person{i}" for i in range(40)]
-    pairs = [PseudoPair(f"{n} is a citizen of", f"{n} is a citizen of which country", n) for n in names]
-    unrelated = [f"Query number {i} about weather" for i in range(50)]
-
-    def data(prompts, subjects):
-        return RoutingData(prompts, encode(prompts), subjects, unrelated, encode(unrelated), pairs, encode=counting)
-
+    encode, seen, pairs, data = _refit_setup()
+    verifier = _StubVerifier()
     first = RetrievalRouter._calibrated(data(PROMPTS[:2], SUBJECTS[:2]), COSINE, verifier, None)
     scored = {k for k, v in first.pair_scores.items() if not math.isnan(v.verdict)}
     assert len(first.pair_scores) == len(pairs) and 0 < len(scored) < len(pairs)  # questions of all, scores of used

@@ -10,7 +10,7 @@ import torch
 
 from meg import files
 from meg.errors import InputError
-from meg.routing.base import Router, Routes, RoutingData, nearest_edit
+from meg.routing.base import Router, Routes, RoutingData, embed_known, nearest_edit
 from meg.routing.paper_gate import PaperGateRouter
 from meg.routing.retrieval import RetrievalConfig, RetrievalRouter
 
@@ -25,6 +25,11 @@ def router_class(name: str) -> type:
     if name not in ROUTERS:
         raise InputError(f"unknown router {name!r}; choose one of {', '.join(ROUTERS)}")
     return ROUTERS[name]
+
+
+def router_parts(router: Router) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """What a pack keeps of a fitted router: (its fitted values, its state tensors)."""
+    return router.fitted(), router.state_dict()
 
 
 # The last router fitted in this process, by a key of its inputs: the variants of one `meg bench` (meg, mlp, knn)
@@ -42,12 +47,12 @@ def fitted_router(name: str, config: Any, data: RoutingData,
                        data.unrelated_queries, data.unrelated_embeddings, [asdict(p) for p in data.pseudo_pairs],
                        [asdict(p) for p in data.training_pairs], negatives, str(data.work))
     if key not in _LAST_FIT:
-        router = router_class(name).fit(data, config, progress=progress)
+        parts = router_parts(router_class(name).fit(data, config, progress=progress))
         _LAST_FIT.clear()
-        _LAST_FIT[key] = (router.fitted(), router.state_dict())
+        _LAST_FIT[key] = parts
     fitted, state = _LAST_FIT[key]
     return copy.deepcopy(fitted), dict(state)
 
 
-__all__ = ["ROUTERS", "RetrievalConfig", "Router", "Routes", "RoutingData", "fitted_router", "nearest_edit",
-           "router_class"]
+__all__ = ["ROUTERS", "RetrievalConfig", "Router", "Routes", "RoutingData", "embed_known", "fitted_router",
+           "nearest_edit", "router_class", "router_parts"]

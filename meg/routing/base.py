@@ -38,6 +38,16 @@ class Routes:
 Encode = Callable[[Sequence[str]], torch.Tensor]
 
 
+def embed_known(texts: Sequence[str], known: dict[str, torch.Tensor], encode: Encode) -> torch.Tensor:
+    """(M, C) embeddings of `texts`, encoding only the (distinct) ones `known` (text -> embedding, computed earlier
+    with the same encoder) lacks; with none of them known, all in one pass as given."""
+    missing = [t for t in dict.fromkeys(texts) if t not in known]
+    if not texts or len(missing) == len(texts):
+        return encode(list(texts))
+    table = {**known, **dict(zip(missing, encode(missing)))} if missing else known
+    return torch.stack([table[t] for t in texts])
+
+
 @dataclass
 class RoutingData:
     """What a router may learn from: the edits, and queries from data disjoint from any test set.

@@ -46,7 +46,7 @@ import torch
 
 from meg import files
 from meg.errors import InputError, PackError
-from meg.routing.base import Encode, Routes, RoutingData
+from meg.routing.base import Encode, Routes, RoutingData, embed_known
 from meg.routing.subjects import SubjectIndex, focus, infer_subject, without_subject
 from meg.routing.verifier import SubjectVerifier, VerifierConfig, trained_verifier
 from meg.settings import Rules, Settings, setting
@@ -200,13 +200,8 @@ class RetrievalRouter:
         """(N, C) embeddings of the edit prompts without their subject, encoded on first use; `known` (masked text
         -> embedding, from the router this one refits) spares re-encoding the edits a lifelong change keeps."""
         if self._masked_edits is None:
-            texts = self._masked_texts()
-            if not known:
-                self._masked_edits = self.encode(texts).to(self.edit_embeddings.dtype)
-                return self._masked_edits
-            missing = [t for t in dict.fromkeys(texts) if t not in known]
-            table = {**known, **dict(zip(missing, self.encode(missing)))} if missing else known
-            self._masked_edits = torch.stack([table[t] for t in texts]).to(self.edit_embeddings.dtype)
+            masked = embed_known(self._masked_texts(), known or {}, self.encode)
+            self._masked_edits = masked.to(self.edit_embeddings.dtype)
         return self._masked_edits
 
     def _known_masked(self) -> dict[str, torch.Tensor]:
