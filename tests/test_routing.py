@@ -10,9 +10,9 @@ import torch
 
 from meg.errors import InputError
 from meg.gate import GateConfig
-from meg.requests import EditRequest, PseudoPair
+from meg.requests import EditRequest, NegativePair, PseudoPair
 from meg.routing import ROUTERS, RetrievalConfig, RoutingData, router_class
-from meg.routing.retrieval import RetrievalRouter, conformal_threshold, weighted_quantile
+from meg.routing.retrieval import RetrievalRouter, conformal_threshold, other_relations, weighted_quantile
 from meg.routing.subjects import SubjectIndex, focus, infer_subject, trigrams, without_subject
 
 SUBJECTS = ["BBC One", "Danielle Darrieux", "Toko Yasuda"]
@@ -490,3 +490,47 @@ def test_route_bench_keeps_and_resumes_earlier_rows(tmp_path, monkeypatch):
     bench = run(["paper-gate/untuned", "nearest/hard"], "fifth", calibration=[PseudoPair("Q of Ann?", "Ann's Q", "Ann")])
     assert len(measured) == 5 and bench["variants"]["nearest/hard"]["calibration_only_pairs"] == 1
     assert bench["variants"]["paper-gate/untuned"]["command"] == "fourth"
+
+
+def test_relation_veto_drops_a_candidate_whose_template_the_negatives_call_another_relation():
+    """KnowEdit's WikiData counterfact: "X is followed by" is a same-subject locality prompt of the edit "X
+    follows"; the negatives pair those templates, so the query never reaches that edit. A template the negatives do
+    not pair with the edit's (a rewording) is still compared, and so is a query that repeats another edit."""
+    prompts, subjects = ["1549 Mikko follows", "1549 Mikko is followed by", "Stifter, Adalbert follows"], \
+        ["1549 Mikko", "1549 Mikko", "Stifter, Adalbert"]
+    negatives = [NegativePair("Kiss Me Once Tour follows", "Kiss Me Once Tour is followed by", "Kiss Me Once Tour")]
+    relations = other_relations(negatives)
+    assert relations == {frozenset(("{} follows", "{} is followed by"))}
+    encode = fake_encoder()
+    queries = ["Stifter, Adalbert is followed by", "1549 Mikko is followed by", "Stifter, Adalbert came after"]
+    routers = {}
+    for veto in (True, False):
+        router = RetrievalRouter(RetrievalConfig(verifier=None, relation_veto=veto), encode(prompts), subjects, prompts,
+                                 {"subject": -1.0, "free": 2.0}, encode=encode)  # any named candidate passes
+        router.other_relations = relations if veto else set()
+        routers[veto] = router
+    on, off = (routers[v].route(queries, encode(queries)) for v in (True, False))
+    assert off.routed.tolist() == [True, True, True]
+    assert on.routed.tolist() == [False, True, True] and on.edit[1:].tolist() == [1, 2]
+    saved = routers[True].fitted()
+    assert saved["other_relations"] == [["{} follows", "{} is followed by"]]
+    back = RetrievalRouter.from_state(RetrievalConfig(verifier=None), saved, {}, encode(prompts),
+                                      [EditRequest(p, "x", subject=s) for p, s in zip(prompts, subjects)], encode)
+    assert back.route(queries, encode(queries)).routed.tolist() == [False, True, True]
+    old = {k: v for k, v in saved.items() if k != "other_relations"}  # a pack saved before the veto: no veto
+    assert RetrievalRouter.from_state(RetrievalConfig(verifier=None), old, {}, encode(prompts),
+                                      [EditRequest(p, "x", subject=s) for p, s in zip(prompts, subjects)],
+                                      encode).route(queries, encode(queries)).routed.tolist() == [True, True, True]
+
+
+def test_fit_takes_the_relation_pairs_from_the_verifier_negatives():
+    encode = fake_encoder()
+    names = [f"Person{i}" for i in range(40)]
+    pairs = [PseudoPair(f"{n} is a citizen of", f"{n} is a citizen of which country", n) for n in names]
+    unrelated = [f"Query number {i} about weather" for i in range(200)]
+    negatives = [NegativePair("The mother of Ann Lee is", "The father of Ann Lee is", "Ann Lee")]
+    data = RoutingData(PROMPTS, encode(PROMPTS), list(SUBJECTS), unrelated, encode(unrelated), pairs, encode=encode,
+                       negative_pairs=negatives)
+    assert RetrievalRouter.fit(data, COSINE).other_relations == {frozenset(("The mother of {} is",
+                                                                            "The father of {} is"))}
+    assert RetrievalRouter.fit(data, replace(COSINE, relation_veto=False)).other_relations == set()

@@ -68,6 +68,9 @@ VARIANTS: dict[str, RouterVariant] = {
     "retrieval/no-veto": RouterVariant("the default router without the verifier's veto (RetrievalConfig.verifier_veto "
                                        "null, the default before 2026-12-02)", "retrieval",
                                        retrieval_config={"verifier_veto": None}),
+    "retrieval/no-relation-veto": RouterVariant("the default router without the relation veto "
+                                                "(RetrievalConfig.relation_veto false, the default before 2026-12-02)",
+                                                "retrieval", retrieval_config={"relation_veto": False}),
     "retrieval/veto5": RouterVariant("the default router, verifier_veto 0.05", "retrieval",
                                      retrieval_config={"verifier_veto": 0.05}),
     "inferred/default": RouterVariant("the default router with edits given WITHOUT subjects: subjects guessed from "

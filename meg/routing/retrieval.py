@@ -32,6 +32,12 @@ With `verifier` set (the default), the most similar candidate is still chosen by
 route is decided by a cross-encoder (verifier.py) reading the candidate's prompt and the query together, blended
 with the cosine (`verifier_weight`: each score as its rank among the held-out pairs); the threshold is
 calibrated on the held-out pairs the same way.
+With `relation_veto` (the default), a candidate is dropped before any scoring when the query, its subject
+masked, is a template that the verifier's own negatives pair with the candidate edit's template as another
+relation of one subject ("{} is followed by" vs "{} follows", "The name of the father of {} is" vs "... mother
+..."): the cross-encoder, trained on those negatives, still let 81 of 1,254 KnowEdit WikiData counterfact
+same-subject locality prompts through, 70 of them "follows" against "is followed by" (docs/LOG.md, 2026-12-02,
+session 19). Only exact template pairs seen as negatives count, so a reworded paraphrase is never dropped.
 """
 
 from __future__ import annotations
@@ -46,6 +52,8 @@ import torch
 
 from meg import files
 from meg.errors import InputError, PackError
+from meg.pseudo_edits import template
+from meg.requests import NegativePair
 from meg.routing.base import Encode, Routes, RoutingData, embed_known
 from meg.routing.subjects import SubjectIndex, focus, infer_subject, without_subject
 from meg.routing.verifier import SubjectVerifier, VerifierConfig, trained_verifier
@@ -77,6 +85,8 @@ class RetrievalConfig(Settings):
     verifier_veto: float | None = setting(0.01, "a candidate whose verifier probability is below the held-out pairs' "
                                                 "quantile at this share is never routed, whatever its cosine; null = "
                                                 "off (the blend alone decides)")
+    relation_veto: bool = setting(True, "never route a query whose subject-masked template the verifier's negatives "
+                                        "pair with the candidate edit's as another relation of one subject")
 
     def rules(self) -> Rules:
         def cosine(v: float | None) -> bool:
@@ -105,6 +115,12 @@ def conformal_threshold(scores: torch.Tensor, rate: float) -> float:
         finite = s[torch.isfinite(s)]
         return float(finite.min()) if len(finite) else math.inf
     return float(torch.nextafter(s[k - 1], torch.tensor(math.inf, dtype=s.dtype)))
+
+
+def other_relations(negatives: Sequence[NegativePair]) -> set[frozenset[str]]:
+    """Template pairs ("{} follows", "{} is followed by") that some negative asks of one subject: two relations."""
+    pairs = ((template(n.question, n.subject), template(n.other, n.subject)) for n in negatives)
+    return {frozenset(pair) for pair in pairs if None not in pair and pair[0] != pair[1]}
 
 
 def _is_question(text: str) -> bool:
@@ -186,6 +202,8 @@ class RetrievalRouter:
         self.thresholds = thresholds
         self.calibration = calibration or {}
         self._masked_edits: torch.Tensor | None = None  # (N, C) edit prompts without their subject, on first use
+        self.other_relations: set[frozenset[str]] = set()  # `relation_veto`'s template pairs (see other_relations)
+        self._templates = [template(p, s) if s else None for p, s in zip(self.prompts, self.subjects)]
         self.reference: dict[str, torch.Tensor] = {}  # held-out pair scores for `verifier_weight` < 1
         self._pair_questions: torch.Tensor | None = None  # (P, C) while fitting: both calibrations use them
         self.pair_scores: dict[bytes, PairScore] = {}  # by `pair_key`: kept with the pack for the next refit
@@ -214,11 +232,19 @@ class RetrievalRouter:
                candidates: list[list[int]]) -> tuple[list[tuple[int, int]], list[str], list[str]]:
         """(query row, candidate edit) pairs, each pair's focused query text and (with `masked_weight`) that text
         with the candidate's subject masked: every text the subject path compares."""
-        pairs = [(r, c) for r, cands in enumerate(candidates) for c in cands]
+        pairs = [(r, c) for r, cands in enumerate(candidates) for c in cands
+                 if not self._other_relation(focus(queries[r], self.subjects[c]), c)]
         texts = [focus(queries[r], self.subjects[c]) if self.config.focus else queries[r] for r, c in pairs]
         masked = ([without_subject(t, self.subjects[c]) for t, (_, c) in zip(texts, pairs)]
                   if self._masked_weight() > 0 else [])
         return pairs, texts, masked
+
+    def _other_relation(self, text: str, edit: int) -> bool:
+        """Whether `text` (a focused query) asks, by the negatives' templates, another relation than edit `edit`."""
+        if not self.other_relations or self._templates[edit] is None:
+            return False
+        asked = template(text, self.subjects[edit])
+        return asked is not None and frozenset((asked, self._templates[edit])) in self.other_relations
 
     def _embed_into(self, table: dict[str, torch.Tensor], texts: Sequence[str], encode: Encode | None = None) -> None:
         """Add to `table` the embeddings of the `texts` it lacks, encoded together in one encoder pass."""
@@ -365,27 +391,30 @@ class RetrievalRouter:
 
     @classmethod
     def fit(cls, data: RoutingData, config: RetrievalConfig, progress: bool = True) -> RetrievalRouter:
-        verifier, verifier_log = None, None
-        if config.verifier is not None:
-            from meg.data.defaults import default_negative_pairs
+        from meg.data.defaults import default_negative_pairs
 
-            negatives = default_negative_pairs() if data.negative_pairs is None else data.negative_pairs
+        verifier, verifier_log = None, None
+        negatives = default_negative_pairs() if data.negative_pairs is None else data.negative_pairs
+        if config.verifier is not None:
             verifier, verifier_log = trained_verifier(config.verifier, data.training_pairs, negatives, data.work,
                                                       progress)
-        return cls._calibrated(data, config, verifier, verifier_log)
+        relations = other_relations(negatives) if config.relation_veto else set()
+        return cls._calibrated(data, config, verifier, verifier_log, relations=relations)
 
     def refit(self, data: RoutingData, progress: bool = True) -> RetrievalRouter:
         """This router's settings and verifier on another edit set (a lifelong add or remove): only the
         calibration is re-run, since the thresholds weigh the held-out pairs by the edits they are nearest to."""
         return self._calibrated(data, self.config, self.verifier, self.calibration.get("verifier_training"),
-                                self._known_masked(), self.pair_scores)
+                                self._known_masked(), self.pair_scores, self.other_relations)
 
     @classmethod
     def _calibrated(cls, data: RoutingData, config: RetrievalConfig, verifier: SubjectVerifier | None,
                     verifier_log: dict | None, known_masked: dict[str, torch.Tensor] | None = None,
-                    known_pairs: dict[bytes, PairScore] | None = None) -> RetrievalRouter:
+                    known_pairs: dict[bytes, PairScore] | None = None,
+                    relations: set[frozenset[str]] = frozenset()) -> RetrievalRouter:
         router = cls(config, data.edit_embeddings, data.subjects, data.edit_queries,
                      {"subject": _CLOSED, "free": _CLOSED}, encode=data.encode, verifier=verifier)
+        router.other_relations = set(relations)
         if known_masked and router._masked_weight() > 0:
             router._masked_edit_embeddings(known_masked)
         router.pair_scores = dict(known_pairs or {})
@@ -534,7 +563,9 @@ class RetrievalRouter:
     # --- persistence ---
 
     def fitted(self) -> dict[str, Any]:
-        return {"thresholds": self.thresholds, "calibration": self.calibration}
+        relations = sorted(sorted(pair) for pair in self.other_relations)
+        return {"thresholds": self.thresholds, "calibration": self.calibration,
+                **({"other_relations": relations} if relations else {})}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         # Edit embeddings, subjects and prompts are in the pack already; only the verifier's trained layers are not.
@@ -578,6 +609,7 @@ class RetrievalRouter:
                                        if k.startswith("verifier.")})
         router = cls(config, edit_embeddings, [r.subject for r in requests], [r.prompt for r in requests],
                      dict(fitted["thresholds"]), fitted.get("calibration"), encode, verifier)
+        router.other_relations = {frozenset(pair) for pair in fitted.get("other_relations", [])}  # none before 2026-12-02
         router.reference = {k.removeprefix("reference."): v for k, v in state.items() if k.startswith("reference.")}
         router.pair_scores = cls._pairs_from_state(state)
         masked = state.get(MASKED_EDITS)  # absent in packs saved before 2026-12-01: encoded on first use
