@@ -54,12 +54,16 @@ class CollectionConfig(Settings):
     init_bias: float | None = setting(None, "initial bias of the neuron; null: drawn like nn.Linear's (paper)")
     loss_tokens: LossTokens = setting("answer", "answer: target + '.' + EOS (research code); target: target only")
     batch_size: int = setting(32, "edits per forward/backward (rows never interact)")
+    batch_tokens: int | None = setting(None, "memory cap: a batch's rows train in consecutive sub-batches of at most "
+                                             "this many tokens (rows x padded length), each trimmed to its own "
+                                             "length; rows never interact, so the vectors are the same; null = no cap")
     seed: int = setting(0, "seed of the shared initial vector")
 
     def rules(self) -> Rules:
         return {"lr": (self.lr > 0, "> 0"), "steps": (self.steps >= 1, ">= 1"),
                 "loss_threshold": (self.loss_threshold >= 0, ">= 0"), "patience": (self.patience >= 1, ">= 1"),
-                "input_lr_scale": (self.input_lr_scale > 0, "> 0"), "batch_size": (self.batch_size >= 1, ">= 1")}
+                "input_lr_scale": (self.input_lr_scale > 0, "> 0"), "batch_size": (self.batch_size >= 1, ">= 1"),
+                "batch_tokens": (self.batch_tokens is None or self.batch_tokens >= 1, ">= 1 or null")}
 
 
 # Named settings. "paper-*" are the research code's stage-3 configs; "small-gpt2" is ours, measured on the
@@ -70,8 +74,11 @@ PRESETS: dict[str, CollectionConfig] = {
     "paper-llama3": CollectionConfig(lr=0.02, steps=50),
     # batch 128: 1.67x the edits/s of the full-logit loss at batch 32, against 1.45x at 32 and 1.18x at 256 (more
     # padding), same success (docs/results/collection-speed.md, 256 counterfact-val edits, one thread).
+    # batch_tokens 4,096 leaves CounterFact's batches whole (16-32 tokens x 128) and splits KnowEdit WikiData
+    # counterfact's (48-119 tokens) in two or more: its first 128 edits peaked at 2.3 GB instead of 3.6 GB, in 208 s
+    # instead of 270 s (less padding), same successes, vectors within 2e-6 (docs/LOG.md, 2026-12-02, session 19).
     "small-gpt2": CollectionConfig(lr=10.0, steps=80, input_lr_scale=0.01, init_bias=1.0, loss_threshold=0.05,
-                                   batch_size=128),
+                                   batch_size=128, batch_tokens=4096),
 }
 
 
@@ -171,13 +178,29 @@ def _train_rows(model: nn.Module, spec: NeuronSpec, batch: AnswerBatch, config: 
     return weights, losses, steps
 
 
+def _sub_batches(batch: AnswerBatch, tokens: int | None) -> list[AnswerBatch]:
+    """`batch` as consecutive row slices of at most `tokens` (rows x padded length) each, every slice cut to its
+    own longest row (right padding); [batch] when it fits or there is no cap."""
+    rows, width = batch.input_ids.shape
+    if tokens is None or rows * width <= tokens:
+        return [batch]
+    step = max(1, tokens // width)
+    parts = []
+    for start in range(0, rows, step):
+        rows_here = slice(start, start + step)
+        length = int(batch.attention_mask[rows_here].sum(dim=1).max())
+        parts.append(AnswerBatch(*(getattr(batch, f)[rows_here, :length] for f in AnswerBatch.__dataclass_fields__)))
+    return parts
+
+
 def _collect_chunk(
     model: nn.Module, tokenizer: PreTrainedTokenizerBase, spec: NeuronSpec, texts: list[str], targets: list[str],
     names: list[str], config: CollectionConfig,
 ) -> CollectionResult:
     device = next(model.parameters()).device
     batch = encode_answers(tokenizer, texts, targets, max_length=context_length(model), names=names).to(device)
-    weights, losses, steps = _train_rows(model, spec, batch, config)
+    parts = [_train_rows(model, spec, part, config) for part in _sub_batches(batch, config.batch_tokens)]
+    weights, losses, steps = (torch.cat(values) for values in zip(*parts))
     predictions = greedy_generate(model, tokenizer, texts, MAX_NEW_TOKENS, spec, weights, len(texts))
     success = torch.tensor([answers_match(p, t) for p, t in zip(predictions, targets)], dtype=torch.bool)
     return CollectionResult(weights.detach().float().cpu(), success, losses, steps, predictions)
@@ -186,7 +209,8 @@ def _collect_chunk(
 def job_key(model: nn.Module, spec: NeuronSpec, config: CollectionConfig, template: PromptTemplate) -> str:
     """What every chunk of a collection job shares: the base model (its fingerprint), the neuron's place, the
     settings and the template. A chunk's cache key adds its own edits (`_ChunkCache.key`)."""
-    return files.digest(fingerprint(model), asdict(spec), config.to_dict(), template.text)
+    settings = {k: v for k, v in config.to_dict().items() if k != "batch_tokens"}  # memory only: same vectors
+    return files.digest(fingerprint(model), asdict(spec), settings, template.text)
 
 
 class _ChunkCache:

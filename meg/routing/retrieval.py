@@ -35,9 +35,10 @@ calibrated on the held-out pairs the same way.
 With `relation_veto` (the default), a candidate is dropped before any scoring when the query, its subject
 masked, is a template that the verifier's own negatives pair with the candidate edit's template as another
 relation of one subject ("{} is followed by" vs "{} follows", "The name of the father of {} is" vs "... mother
-..."): the cross-encoder, trained on those negatives, still let 81 of 1,254 KnowEdit WikiData counterfact
-same-subject locality prompts through, 70 of them "follows" against "is followed by" (docs/LOG.md, 2026-12-02,
-session 19). Only exact template pairs seen as negatives count, so a reworded paraphrase is never dropped.
+..."): with the verifier's veto, 81 of KnowEdit WikiData counterfact's 1,254 locality prompts that repeat no
+edit prompt were still routed to their subject's edit, 73 of them "follows" against "is followed by", a pair the
+cross-encoder never learned to tell apart (docs/LOG.md, 2026-12-02, session 19). Only exact template pairs seen
+as negatives count, so a reworded paraphrase is never dropped.
 """
 
 from __future__ import annotations
