@@ -153,6 +153,36 @@ def test_a_rerun_reads_finished_rounds_back(finished, workspace, tmp_path, monke
     assert _bench(workspace, copy)["rows"] == bench["rows"]
 
 
+def test_round1_in_force_leaves_out_the_edits_a_later_edit_re_edits():
+    """CounterFact's first 10,000 records edit some prompts twice ("Saint Petersburg is a twin city of" -> Lisbon in
+    round 1, -> Tokyo in round 4); the later edit wins, so retention counts only the round-1 edits still in force."""
+    from types import SimpleNamespace
+
+    from meg.requests import EditRequest
+
+    requests = [EditRequest(p, "x") for p in ("a is", "b is", "c is", "d is", " b is", "e is")]
+    rounds = SimpleNamespace(requests=requests, per_round=2, cohort=2)
+    records = [{"index": i, "reliability": {"ag": i != 1, "tf": 1.0}} for i in range(6)]
+    first = lifelong.Rounds.in_force(rounds, records, 1)
+    assert first["edits"] == 2 and first["rel_ag"] == 50.0  # round 1 alone: both in force
+    later = lifelong.Rounds.in_force(rounds, records, 3)
+    assert later["edits"] == 1 and later["rel_ag"] == 100.0  # "b is" re-edited in round 3
+
+
+def test_a_row_saved_without_round1_in_force_gets_it_from_its_records(finished, workspace, tmp_path):
+    work, bench, _ = finished
+    copy = tmp_path / "bench"
+    shutil.copytree(work, copy)
+    path = copy / "meg" / f"round-{ROUNDS}" / "row.json"
+    saved = json.loads(path.read_text())
+    del saved["row"]["round1_in_force"]  # as rows were saved before 2026-12-02 (session 19)
+    path.write_text(json.dumps(saved))
+    again = {(r["method"], r["round"]): r for r in _bench(workspace, copy)["rows"]}
+    kept = again["meg", ROUNDS]["round1_in_force"]
+    assert kept == {"edits": PER_ROUND, **again["meg", ROUNDS]["round1"]}  # no prompt edited twice here
+    assert json.loads(path.read_text())["row"]["round1_in_force"] == kept
+
+
 def test_a_rerun_continues_from_the_last_finished_round(finished, workspace, tmp_path, monkeypatch):
     work, bench, _ = finished
     copy = tmp_path / "bench"

@@ -300,3 +300,24 @@ def test_sample_with_subject_draws_seeded_indices_of_prompts_naming_their_subjec
     drawn = sample_with_subject(requests, 3, seed=7)
     assert drawn == sample_with_subject(requests, 3, seed=7) and len(set(drawn)) == 3 and set(drawn) <= {0, 1, 2, 3}
     assert sorted(sample_with_subject(requests, 10, seed=0)) == [0, 1, 2, 3]  # all usable ones when fewer than n
+
+
+def test_split_folds_cuts_consecutive_records_into_near_equal_folds(tmp_path):
+    """scripts/split_folds.py: the cross-fitted KnowEdit benchmarks' folds (docs/results/routing-*-fold-*)."""
+    import importlib.util
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "split_folds.py"
+    spec = importlib.util.spec_from_file_location("split_folds", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.folds(list(range(7)), 3) == [[0, 1, 2], [3, 4], [5, 6]]
+    data = tmp_path / "records.json"
+    data.write_text(json.dumps([{"prompt": f"p{i}"} for i in range(5)]))
+    subprocess.run([sys.executable, str(script), "--data", str(data), "--folds", "2", "--out", str(tmp_path / "f")],
+                   check=True, capture_output=True)
+    parts = [json.loads((tmp_path / "f" / f"records-fold-{x}.json").read_text()) for x in "ab"]
+    assert [len(p) for p in parts] == [3, 2] and parts[0] + parts[1] == json.loads(data.read_text())

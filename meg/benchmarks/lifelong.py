@@ -57,7 +57,7 @@ from meg.methods.base import EditContext, EditedLM
 from meg.methods.meg_method import meg_config
 from meg.methods.unedited import PlainLM
 from meg.pack import EditPack, named_models
-from meg.requests import EditRequest
+from meg.requests import EditRequest, read_jsonl
 from meg.results import markdown_table, write_results
 
 METHODS = ("meg", "meg-batch", "ft", "memit", "alphaedit")
@@ -298,11 +298,28 @@ class Rounds:
                                                      "stats": _json(self.runner.stats(state))})
         return state
 
+    def in_force(self, records: Sequence[dict[str, Any]], k: int) -> dict[str, Any]:
+        """Metrics of the round-1 edits that no later edit of rounds 1..k re-edits (a later edit of the same prompt
+        wins, `meg.requests.deduplicate`), and how many they are: the retention a correct editor can keep."""
+        last = {r.prompt.strip(): i for i, r in enumerate(self.requests[: k * self.per_round])}
+        kept = [rec for i, rec in enumerate(records[: self.cohort]) if last[self.requests[i].prompt.strip()] == i]
+        return {"edits": len(kept), **aggregate(kept).to_dict()}
+
+    def _with_in_force(self, k: int, saved: dict[str, Any]) -> dict[str, Any]:
+        """A row saved before rows kept `round1_in_force`, completed from its round's records (when they are there)."""
+        row, path = saved["row"], self.folder(k) / files.RUN_RECORDS
+        if "round1_in_force" in row or not path.is_file():
+            return row
+        records = sorted(read_jsonl(path), key=lambda r: r["index"])
+        row = {**row, "round1_in_force": self.in_force(records, k)}
+        files.atomic_write_json(self.folder(k) / ROW_FILE, {"key": self._key(k), "row": row})
+        return row
+
     def row(self, k: int) -> dict[str, Any]:
         """Round k's finished row: read back, or edited (as needed) and evaluated on every edit made so far."""
         saved = self._saved(k, ROW_FILE)
         if saved is not None:
-            return saved["row"]
+            return self._with_in_force(k, saved)
         state = self.state(k)
         edit, done = self._saved(k, EDIT_FILE), self.requests[: k * self.per_round]
         start = time.perf_counter()
@@ -312,6 +329,7 @@ class Rounds:
                "edit_seconds": edit["seconds"], "edit_cpu_seconds": edit["cpu_seconds"],
                "eval_seconds": round(time.perf_counter() - start, 2),
                "metrics": aggregate(records).to_dict(), "round1": aggregate(records[: self.cohort]).to_dict(),
+               "round1_in_force": self.in_force(records, k),
                "latest": aggregate(records[-self.cohort :]).to_dict(), "stats": edit["stats"]}
         files.atomic_write_json(self.folder(k) / ROW_FILE, {"key": self._key(k), "row": row})
         self.log(_row_line(row))
@@ -428,6 +446,9 @@ def lifelong_markdown(bench: dict[str, Any], command: str) -> str:
             "## Score over every edit so far\n\n", _matrix(bench, lambda r: round(r["metrics"]["score"], 2)),
             f"\n## Round-1 retention: Rel-AG / Gen-AG of the first {setup['per_round']} edits\n\n",
             _matrix(bench, lambda r: f"{r['round1']['rel_ag']:.1f} / {r['round1']['gen_ag'] or 0:.1f}"),
+            "\nThe same for the round-1 edits still in force: those whose prompt no later edit re-edits (the later edit "
+            "wins, so a correct editor answers the later target there); Rel-AG / Gen-AG (edits in force):\n\n",
+            _matrix(bench, _in_force_cell),
             "\n## Edit seconds per round, wall / CPU (evaluation excluded)\n\n",
             _matrix(bench, lambda r: f"{r['edit_seconds']:.1f} / {r['edit_cpu_seconds']:.1f}"),
             "\n## Every row (metrics over every edit so far)\n\n",
@@ -442,6 +463,11 @@ def lifelong_markdown(bench: dict[str, Any], command: str) -> str:
                     f"CPU seconds {timing['add_cpu_seconds']:.1f} against {timing['batch_cpu_seconds']:.1f}: "
                     f"{100 * timing['cpu_ratio']:.1f}%.\n")
     return "".join(text)
+
+
+def _in_force_cell(row: dict[str, Any]) -> str:
+    kept = row.get("round1_in_force")
+    return f"{kept['rel_ag']:.1f} / {kept['gen_ag'] or 0:.1f} ({kept['edits']})" if kept else "-"
 
 
 def _stages(seconds: dict[str, float] | None) -> str:
