@@ -170,7 +170,7 @@ def test_round1_in_force_leaves_out_the_edits_a_later_edit_re_edits():
 
 
 def test_a_row_saved_without_round1_in_force_gets_it_from_its_records(finished, workspace, tmp_path):
-    work, bench, _ = finished
+    work, _, _ = finished
     copy = tmp_path / "bench"
     shutil.copytree(work, copy)
     path = copy / "meg" / f"round-{ROUNDS}" / "row.json"

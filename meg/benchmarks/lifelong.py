@@ -446,8 +446,8 @@ def lifelong_markdown(bench: dict[str, Any], command: str) -> str:
             "## Score over every edit so far\n\n", _matrix(bench, lambda r: round(r["metrics"]["score"], 2)),
             f"\n## Round-1 retention: Rel-AG / Gen-AG of the first {setup['per_round']} edits\n\n",
             _matrix(bench, lambda r: f"{r['round1']['rel_ag']:.1f} / {r['round1']['gen_ag'] or 0:.1f}"),
-            "\nThe same for the round-1 edits still in force: those whose prompt no later edit re-edits (the later edit "
-            "wins, so a correct editor answers the later target there); Rel-AG / Gen-AG (edits in force):\n\n",
+            ("\nThe same for the round-1 edits still in force: those whose prompt no later edit re-edits (the later "
+             "edit wins, so a correct editor answers the later target there); Rel-AG / Gen-AG (edits in force):\n\n"),
             _matrix(bench, _in_force_cell),
             "\n## Edit seconds per round, wall / CPU (evaluation excluded)\n\n",
             _matrix(bench, lambda r: f"{r['edit_seconds']:.1f} / {r['edit_cpu_seconds']:.1f}"),

@@ -233,16 +233,20 @@ class RetrievalRouter:
                candidates: list[list[int]]) -> tuple[list[tuple[int, int]], list[str], list[str]]:
         """(query row, candidate edit) pairs, each pair's focused query text and (with `masked_weight`) that text
         with the candidate's subject masked: every text the subject path compares."""
-        pairs = [(r, c) for r, cands in enumerate(candidates) for c in cands
-                 if not self._other_relation(focus(queries[r], self.subjects[c]), c)]
-        texts = [focus(queries[r], self.subjects[c]) if self.config.focus else queries[r] for r, c in pairs]
+        pairs = [(r, c) for r, cands in enumerate(candidates) for c in cands]
+        needed = self.config.focus or self.other_relations
+        focused = [focus(queries[r], self.subjects[c]) for r, c in pairs] if needed else []
+        if self.other_relations:  # `relation_veto`: candidates the negatives name as another relation are dropped
+            kept = [k for k, (t, (_, c)) in enumerate(zip(focused, pairs)) if not self._other_relation(t, c)]
+            pairs, focused = [pairs[k] for k in kept], [focused[k] for k in kept]
+        texts = focused if self.config.focus else [queries[r] for r, _ in pairs]
         masked = ([without_subject(t, self.subjects[c]) for t, (_, c) in zip(texts, pairs)]
                   if self._masked_weight() > 0 else [])
         return pairs, texts, masked
 
     def _other_relation(self, text: str, edit: int) -> bool:
         """Whether `text` (a focused query) asks, by the negatives' templates, another relation than edit `edit`."""
-        if not self.other_relations or self._templates[edit] is None:
+        if self._templates[edit] is None:
             return False
         asked = template(text, self.subjects[edit])
         return asked is not None and frozenset((asked, self._templates[edit])) in self.other_relations
@@ -610,7 +614,8 @@ class RetrievalRouter:
                                        if k.startswith("verifier.")})
         router = cls(config, edit_embeddings, [r.subject for r in requests], [r.prompt for r in requests],
                      dict(fitted["thresholds"]), fitted.get("calibration"), encode, verifier)
-        router.other_relations = {frozenset(pair) for pair in fitted.get("other_relations", [])}  # none before 2026-12-02
+        # Packs saved before 2026-12-02 have no relation pairs: no relation veto.
+        router.other_relations = {frozenset(pair) for pair in fitted.get("other_relations", [])}
         router.reference = {k.removeprefix("reference."): v for k, v in state.items() if k.startswith("reference.")}
         router.pair_scores = cls._pairs_from_state(state)
         masked = state.get(MASKED_EDITS)  # absent in packs saved before 2026-12-01: encoded on first use
