@@ -16,7 +16,9 @@ from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 from meg.errors import InputError
 from meg.prompts import encode_answers, encode_prompts, pad_id
-from meg.surgery import NeuronSpec, context_length, frozen_eval, mount_neuron
+from meg.surgery import (
+    NeuronSpec, capture_activations, context_length, frozen_eval, mount_neuron, neuron_pre_activation,
+)
 
 MAX_NEW_TOKENS = 20  # the paper's AG protocol: greedy generation of up to 20 new tokens
 
@@ -158,3 +160,31 @@ def answer_log_probs(
             mask = batch.target_mask[:, 1:]
             scores += ((taken * mask).sum(1) / mask.sum(1)).tolist()
     return scores
+
+
+@torch.no_grad()
+def last_token_pre_activations(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt_texts: Sequence[str],
+    spec: NeuronSpec,
+    weights: torch.Tensor,
+    batch_size: int = 64,
+) -> list[float]:
+    """Per row: how strongly neuron `weights[i]` fires at the last token of prompt i, as its pre-activation
+    w_in . h + bias, h being the FFN input at the neuron's layer (not mounted: the neuron reads its layer's input,
+    which it does not change)."""
+    prompt_texts, device = list(prompt_texts), _device(model)
+    spec.check(weights)
+    values: list[float] = []
+    with frozen_eval(model), capture_activations(model, [spec.layer], site="ffn") as captured:
+        for rows in _chunks(len(prompt_texts), batch_size):
+            ids = [tokenizer(text)["input_ids"] for text in prompt_texts[rows]]
+            width = max(len(x) for x in ids)  # right-padded, so every row keeps the positions it has alone
+            input_ids = torch.tensor([x + [pad_id(tokenizer)] * (width - len(x)) for x in ids], device=device)
+            attention = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids], device=device)
+            model(input_ids=input_ids, attention_mask=attention)
+            last = torch.tensor([len(x) - 1 for x in ids], device=device)
+            h = captured[spec.layer][torch.arange(len(ids), device=device), last][:, None, :]  # (B, 1, d)
+            values += neuron_pre_activation(spec, weights[rows].to(h.device).float(), h.float())[:, 0].tolist()
+    return values

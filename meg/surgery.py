@@ -128,14 +128,18 @@ def _rows_for(weights: torch.Tensor, batch: int) -> torch.Tensor:
     raise InputError(f"weights have {weights.shape[0]} rows but the model ran a batch of {batch}")
 
 
+def neuron_pre_activation(spec: NeuronSpec, weights: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """w_in . h + bias for FFN input h (B, T, d) and weights (B, D): (B, T) in weights' dtype."""
+    w_in, bias, _ = spec.split(weights)
+    pre = torch.einsum("btd,bd->bt", h.to(weights.dtype), w_in)
+    return pre + bias[:, None] if bias is not None else pre
+
+
 def neuron_delta(spec: NeuronSpec, weights: torch.Tensor, h: torch.Tensor, act: nn.Module | None) -> torch.Tensor:
     """The neuron's contribution for FFN input h (B, T, d) and weights (B, D): (B, T, d) in weights' dtype."""
-    w_in, bias, w_out = spec.split(weights)
-    pre = torch.einsum("btd,bd->bt", h.to(weights.dtype), w_in)  # (B, T)
-    if bias is not None:
-        pre = pre + bias[:, None]
+    pre = neuron_pre_activation(spec, weights, h)  # (B, T)
     a = act(pre) if act is not None else pre  # (B, T)
-    return a[:, :, None] * w_out[:, None, :]  # (B, T, d)
+    return a[:, :, None] * spec.split(weights)[2][:, None, :]  # (B, T, d)
 
 
 @contextmanager
@@ -209,7 +213,7 @@ def logits_at(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.T
 
 # --- internals for weight-editing baselines (FT, MEMIT, AlphaEdit) ---------------------------------------------
 
-CaptureSite = Literal["keys", "block"]
+CaptureSite = Literal["keys", "block", "ffn"]
 
 
 def _arch(model: nn.Module, extra_architectures: dict[str, ArchSpec] | None) -> ArchSpec:
@@ -266,7 +270,9 @@ def _site_module(model: nn.Module, layer: int, site: CaptureSite, extra: dict[st
         return ffn_output_projection(model, layer, extra)
     if site == "block":
         return decoder_block(model, layer, extra)
-    raise InputError(f"capture site must be 'keys' or 'block', got {site!r}")
+    if site == "ffn":
+        return ffn_module(model, layer, extra)
+    raise InputError(f"capture site must be 'keys', 'block' or 'ffn', got {site!r}")
 
 
 def _first_tensor(output: Any) -> torch.Tensor:
@@ -274,8 +280,8 @@ def _first_tensor(output: Any) -> torch.Tensor:
 
 
 def _register_capture(module: nn.Module, site: CaptureSite, store: dict[int, torch.Tensor], layer: int) -> Any:
-    """Hook `module` so each forward writes its key (input) or block output, detached, into `store[layer]`."""
-    if site == "keys":
+    """Hook `module` so each forward writes its input (keys, ffn) or output (block), detached, into `store[layer]`."""
+    if site in ("keys", "ffn"):
 
         def pre_hook(mod: nn.Module, args: tuple, kwargs: dict) -> None:
             store[layer] = _ffn_input(args, kwargs).detach()
@@ -299,6 +305,7 @@ def capture_activations(
 
     site "keys": the input of the FFN output projection, (B, T, m) (m = FFN width): MEMIT's keys k.
     site "block": the decoder block's output hidden state (the residual stream after the block), (B, T, d).
+    site "ffn": the FFN's input (the normalised hidden state the neuron reads), (B, T, d).
     """
     captured: dict[int, torch.Tensor] = {}
     handles = []

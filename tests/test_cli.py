@@ -86,6 +86,21 @@ def test_eval_an_existing_pack(workspace):
     assert json.loads((w / "eval" / "report.json").read_text())["cases"] == 8
 
 
+def test_carryover_of_an_existing_pack(workspace, tmp_path):
+    w = workspace
+    if not (w / "pack").exists():
+        test_edit_then_generate(w)
+    result = invoke("carryover", "--model", w / "model", "--pack", w / "pack", "--data", w / "edits.jsonl",
+                    "--out", tmp_path, "--name", "carry")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "carry.json").read_text())["summaries"]["paraphrase"]
+    assert summary["cases"] == 8 and 0 <= summary["routed_own"] <= 100 and (tmp_path / "carry.png").is_file()
+    other = tmp_path / "other.jsonl"
+    other.write_text(json.dumps({"prompt": "The capital of Peru is", "target": "Lima", "paraphrases": ["Peru's capital"]}))
+    result = invoke("carryover", "--model", w / "model", "--pack", w / "pack", "--data", other, "--out", tmp_path)
+    assert result.exit_code == 2 and "none of its records is an edit of --pack" in result.output
+
+
 def test_bad_edit_file_is_one_line(workspace, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "The capital of France is"}\n')

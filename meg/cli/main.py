@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from meg.cli import bench, bench_collect, bench_infer, bench_lifelong, cache, demo, edit, env, generate, layers, pack
-from meg.cli import bench_scaleout, collect_report, route_bench, run, serve, serve_bench
+from meg.cli import bench_scaleout, carryover, collect_report, route_bench, run, serve, serve_bench
 from meg.cli import eval as eval_command
 
 app = typer.Typer(
@@ -29,6 +29,7 @@ COMMANDS = {
     "bench-infer": bench_infer,
     "bench-scaleout": bench_scaleout,
     "collect-report": collect_report,
+    "carryover": carryover,
     "bench-lifelong": bench_lifelong,
     "env": env,
     "serve": serve,

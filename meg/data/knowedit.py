@@ -23,6 +23,7 @@ from meg.requests import EditRequest, request_from_dict
 Parsed = tuple[EditRequest, list[Fact]]
 
 LOCALITY_KIND = "Relation_Specificity"
+ALIAS_KIND = "Subject_Aliasing"  # portability prompts naming the subject by an alias
 _PARAPHRASE_FIELDS = ("rephrase_prompt", "rephrase", "paraphrase_prompts")
 
 
@@ -58,6 +59,25 @@ def locality_pairs(record: Record, at: str) -> list[tuple[str, str | None]]:
         # A few published items have an empty answer: the prompt still serves as an unrelated query.
         pairs.append((prompt, optional_first_text(item.get("ground_truth"), f"{label}.ground_truth", at)))
     return pairs
+
+
+def subject_aliases(path: str | Path) -> dict[str, list[tuple[str, str]]]:
+    """{edit prompt: [(alias prompt, expected answer)]} from each record's `portability.Subject_Aliasing`: the
+    edit's question with its subject named another way. KnowEdit scores them as portability; `meg carryover` reads
+    them as rephrasings of the edit. Items without an answer are skipped; a wrong layout is a one-line error."""
+    path = Path(path)
+    aliases: dict[str, list[tuple[str, str]]] = {}
+    label = f"portability.{ALIAS_KIND}"
+    for index, record in enumerate(read_records(path)):
+        at = where(path, index)
+        items = mapping(record, "portability", at).get(ALIAS_KIND, [])
+        if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+            raise InputError(f"{at}: field {label!r} must be a list of {{prompt, ground_truth}} objects")
+        pairs = [(text(item, "prompt", at, f"{label}.prompt"),
+                  optional_first_text(item.get("ground_truth"), f"{label}.ground_truth", at)) for item in items]
+        if pairs:  # a prompt edited twice keeps its later record's aliases (the later edit wins)
+            aliases[text(record, "prompt", at)] = [(p, a) for p, a in pairs if a is not None]
+    return aliases
 
 
 def _paraphrases(record: Record, at: str) -> list[str]:
@@ -122,5 +142,6 @@ __all__ = [
     "load_knowedit",
     "parse_knowedit",
     "parse_knowedit_record",
+    "subject_aliases",
     "true_facts_knowedit",
 ]
