@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -58,9 +58,13 @@ class CollectionConfig(Settings):
                                              "this many tokens (rows x padded length), each trimmed to its own "
                                              "length; rows never interact, so the vectors are the same; null = no cap")
     seed: int = setting(0, "seed of the shared initial vector")
+    # Ours (not in the paper): a row can stall from the shared start (loss stuck near its initial value while the
+    # same relation's other rows succeed) and succeed from another one (docs/LOG.md, 2026-12-02, session 20).
+    retries: int = setting(0, "rows that fail are trained again from the start of seed + 1, ..., seed + retries; "
+                              "a row keeps its first success (paper: 0)")
 
     def rules(self) -> Rules:
-        return {"lr": (self.lr > 0, "> 0"), "steps": (self.steps >= 1, ">= 1"),
+        return {"lr": (self.lr > 0, "> 0"), "steps": (self.steps >= 1, ">= 1"), "retries": (self.retries >= 0, ">= 0"),
                 "loss_threshold": (self.loss_threshold >= 0, ">= 0"), "patience": (self.patience >= 1, ">= 1"),
                 "input_lr_scale": (self.input_lr_scale > 0, "> 0"), "batch_size": (self.batch_size >= 1, ">= 1"),
                 "batch_tokens": (self.batch_tokens is None or self.batch_tokens >= 1, ">= 1 or null")}
@@ -193,12 +197,9 @@ def _sub_batches(batch: AnswerBatch, tokens: int | None) -> list[AnswerBatch]:
     return parts
 
 
-def _collect_chunk(
-    model: nn.Module, tokenizer: PreTrainedTokenizerBase, spec: NeuronSpec, texts: list[str], targets: list[str],
-    names: list[str], config: CollectionConfig,
-) -> CollectionResult:
-    device = next(model.parameters()).device
-    batch = encode_answers(tokenizer, texts, targets, max_length=context_length(model), names=names).to(device)
+def _attempt(model: nn.Module, tokenizer: PreTrainedTokenizerBase, spec: NeuronSpec, batch: AnswerBatch,
+             texts: list[str], targets: list[str], config: CollectionConfig) -> CollectionResult:
+    """Train every row of `batch` from `config`'s start, then check each by greedy decoding."""
     parts = [_train_rows(model, spec, part, config) for part in _sub_batches(batch, config.batch_tokens)]
     weights, losses, steps = (torch.cat(values) for values in zip(*parts))
     predictions = greedy_generate(model, tokenizer, texts, MAX_NEW_TOKENS, spec, weights, len(texts))
@@ -206,10 +207,38 @@ def _collect_chunk(
     return CollectionResult(weights.detach().float().cpu(), success, losses, steps, predictions)
 
 
+def _collect_chunk(
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase, spec: NeuronSpec, texts: list[str], targets: list[str],
+    names: list[str], config: CollectionConfig,
+) -> CollectionResult:
+    """Every row from the shared start, then each failed row again from the next seeds' starts (`retries`); `steps`
+    counts every attempt's steps."""
+    device = next(model.parameters()).device
+    batch = encode_answers(tokenizer, texts, targets, max_length=context_length(model), names=names).to(device)
+    result = _attempt(model, tokenizer, spec, batch, texts, targets, config)
+    for k in range(1, config.retries + 1):
+        failed = (~result.success).nonzero()[:, 0]
+        if failed.numel() == 0:
+            break
+        rows = failed.to(device)
+        subset = AnswerBatch(*(getattr(batch, f)[rows] for f in AnswerBatch.__dataclass_fields__))
+        again = _attempt(model, tokenizer, spec, subset, [texts[i] for i in failed], [targets[i] for i in failed],
+                         replace(config, seed=config.seed + k))
+        result.steps[failed] += again.steps
+        for name in ("vectors", "success", "loss"):
+            getattr(result, name)[failed[again.success]] = getattr(again, name)[again.success]
+        for j, i in enumerate(failed.tolist()):
+            if again.success[j]:
+                result.predictions[i] = again.predictions[j]
+    return result
+
+
 def job_key(model: nn.Module, spec: NeuronSpec, config: CollectionConfig, template: PromptTemplate) -> str:
     """What every chunk of a collection job shares: the base model (its fingerprint), the neuron's place, the
     settings and the template. A chunk's cache key adds its own edits (`_ChunkCache.key`)."""
     settings = {k: v for k, v in config.to_dict().items() if k != "batch_tokens"}  # memory only: same vectors
+    if not config.retries:  # chunks collected before the option existed are the same job
+        del settings["retries"]
     return files.digest(fingerprint(model), asdict(spec), settings, template.text)
 
 

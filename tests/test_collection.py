@@ -81,6 +81,31 @@ def test_a_token_cap_trains_rows_in_trimmed_sub_batches_with_the_same_vectors(fa
         CollectionConfig(batch_tokens=0)
 
 
+def test_retries_train_failed_rows_again_from_the_next_seeds_and_leave_the_rest(fact_gpt2, tokenizer):
+    """`retries`: a failed row is trained again from the start of seed + 1 (then + 2, ...); a row that succeeded
+    keeps its vector, and a retried row's vector is the one it gets when collected from that seed alone."""
+    spec = neuron_spec(fact_gpt2, layer=1)
+    short = CollectionConfig(**{**CONFIG.__dict__, "steps": 4})  # a budget too small for some rows from some starts
+    plain = collect_weights(fact_gpt2, tokenizer, spec, REQUESTS, short, progress=False)
+    retried = collect_weights(fact_gpt2, tokenizer, spec, REQUESTS, CollectionConfig(**{**short.__dict__, "retries": 2}),
+                              progress=False)
+    kept = plain.success
+    assert 0 < int(kept.sum()) < len(REQUESTS)  # the setting under test has rows to retry
+    assert torch.equal(retried.vectors[kept], plain.vectors[kept]) and torch.equal(retried.steps[kept], plain.steps[kept])
+    assert bool((retried.success | ~kept).all()) and bool((retried.steps[~kept] > plain.steps[~kept]).all())
+    second = collect_weights(fact_gpt2, tokenizer, spec, REQUESTS, CollectionConfig(**{**short.__dict__, "seed": 1}),
+                             progress=False)
+    won = ~kept & second.success  # rows the first retry (seed 1) won
+    assert won.any() and retried.success_rate > plain.success_rate
+    torch.testing.assert_close(retried.vectors[won], second.vectors[won], rtol=1e-4, atol=1e-4)
+    assert [retried.predictions[i] for i in won.nonzero()[:, 0].tolist()] == \
+        [second.predictions[i] for i in won.nonzero()[:, 0].tolist()]
+    assert collection.job_key(fact_gpt2, spec, CollectionConfig(retries=0), collection.PromptTemplate()) != \
+        collection.job_key(fact_gpt2, spec, CollectionConfig(retries=1), collection.PromptTemplate())
+    with pytest.raises(InputError, match="retries"):
+        CollectionConfig(retries=-1)
+
+
 def test_early_stop_is_per_row(fact_gpt2, tokenizer):
     spec = neuron_spec(fact_gpt2, layer=1)
     config = CollectionConfig(**{**CONFIG.__dict__, "loss_threshold": 0.5, "patience": 2})
