@@ -202,16 +202,14 @@ def _markdown(summaries: dict[str, Any], setup: dict[str, Any]) -> str:
 
 def write_carryover(out_dir: str | Path, name: str, records: Sequence[dict[str, Any]],
                     setup: dict[str, Any]) -> dict[str, Path]:
-    """JSON (every case) + markdown tables + a plot of the carry-over by firing ratio per kind of rephrasing."""
+    """JSON (every case) + markdown tables + a plot of the carry-over by answer length per kind of rephrasing."""
     summaries = summarize(records)
 
     def draw(axes) -> None:
-        labels = [label for _, label in FIRING][::-1]
         for kind, s in summaries.items():
-            values = [s["by_firing"].get(label, {}).get("carry_over") for label in labels]
-            axes.plot(labels, [math.nan if v is None else v for v in values], marker="o",
-                      label=f"{kind} ({s['cases']})")
-        axes.set_xlabel("neuron pre-activation on the rephrasing / on the edit prompt")
+            values = [s["by_length"].get(n, {}).get("carry_over") for n in LENGTHS]
+            axes.plot(LENGTHS, [math.nan if v is None else v for v in values], marker="o", label=f"{kind} ({s['cases']})")
+        axes.set_xlabel("answer length (tokens)")
         axes.set_ylabel("carry-over % (oracle AG where collected)")
         axes.set_ylim(0, 102)
         axes.legend()
