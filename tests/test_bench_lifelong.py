@@ -251,3 +251,47 @@ def test_the_library_refuses_bad_counts():
     with pytest.raises(InputError, match=r"^configs given for 'rome', not a method of bench-lifelong"):
         LifelongConfig(run, methods=("meg",), method_configs={"rome": {}})
     LifelongConfig(run, methods=("meg",), method_configs={"memit": {}})  # one file may configure every method
+
+
+def test_a_run_of_some_methods_keeps_the_results_files_rows_of_the_others(finished, workspace, tmp_path, monkeypatch):
+    """Methods run apart meet in one file: rerunning ft alone into a file that holds every method's rows keeps the
+    others' rows (with the command that measured them) and does not measure them again."""
+    work, bench, _ = finished
+    write_lifelong(tmp_path, "all", bench, "meg bench-lifelong --methods all")
+    earlier = json.loads((tmp_path / "all.json").read_text())
+    copy = tmp_path / "bench"
+    shutil.copytree(work, copy)
+    for owner, name in ((MegEditor, "fit"), (MegEditor, "add"), (memit, "apply_memit"),
+                        (alphaedit, "edit_alphaedit")):
+        monkeypatch.setattr(owner, name, _refuse(name))
+    again = bench_lifelong(_config(workspace, ("ft",)), copy, calibration_pairs=[], progress=False,
+                           log=lambda line: None, earlier=earlier)
+    strip = [{k: v for k, v in r.items() if k != "command"} for r in again["rows"]]
+    assert strip == bench["rows"] and again["setup"]["methods"] == list(METHODS)  # every row, in METHODS order
+    assert {r["method"] for r in again["rows"] if "command" not in r} == {"ft"}  # measured (read back) now
+    assert {r["command"] for r in again["rows"] if r["method"] != "ft"} == {"meg bench-lifelong --methods all"}
+    assert again["setup"]["method_configs"] == bench["setup"]["method_configs"]
+    assert again["add_vs_batch"] == bench["add_vs_batch"]
+    text = write_lifelong(tmp_path, "merged", again, "meg bench-lifelong --methods ft")["md"].read_text()
+    assert ("Rows of meg, meg-batch, memit, alphaedit kept from an earlier run of the same measurement: "
+            "`meg bench-lifelong --methods all`") in text
+
+
+@pytest.mark.parametrize("change", [{"seed": 1}, {"per_round": 5}, {"data": "other"}, {"max_new_tokens": 3}])
+def test_rows_of_another_measurement_are_not_kept(finished, change):
+    _, bench, _ = finished
+    earlier = {**bench, "command": "meg bench-lifelong"}
+    setup = {**bench["setup"], "methods": ["ft"], "threads": 7}  # thread counts change timing only
+    assert {r["method"] for r in lifelong.kept_rows(earlier, setup)} == {"meg", "meg-batch", "memit", "alphaedit"}
+    assert lifelong.kept_rows(earlier, {**setup, **change}) == []
+    assert lifelong.kept_rows(None, setup) == [] and lifelong.kept_rows({"rows": []}, setup) == []
+
+
+def test_a_kept_row_needs_the_config_a_method_run_now_shares():
+    """meg-batch takes meg's config: run meg now with another config and the file's meg-batch row is not kept."""
+    row = {"method": "meg-batch", "round": 3}
+    earlier = {"setup": {"seed": 0, "methods": ["meg", "meg-batch"], "method_configs": {"meg": {"a": 1}}},
+               "rows": [row], "command": "c"}
+    assert lifelong.kept_rows(earlier, {"seed": 0, "methods": ["meg"], "method_configs": {"meg": {"a": 1}}}) == [
+        {**row, "command": "c"}]
+    assert lifelong.kept_rows(earlier, {"seed": 0, "methods": ["meg"], "method_configs": {"meg": {"a": 2}}}) == []

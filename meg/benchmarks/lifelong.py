@@ -26,7 +26,9 @@ settings it belongs to and is not reused under others. A rerun reads the finishe
 the last finished round and goes on from there. A round interrupted while editing is edited again, reusing what
 its first attempt cached in `<work>/<method>/stages` (its seconds then count only the rest). When a finished
 round's state is missing and a later round needs it, the round is edited again only to continue; its row stays
-as measured.
+as measured. The results file is a record too: a run of some methods keeps the rows that file holds of the others
+when they measured the same edits, rounds and run settings (`kept_rows`), each with the command that measured it,
+so methods can run apart (each in its own work directory, on its own core) and meet in one file.
 """
 
 from __future__ import annotations
@@ -355,12 +357,61 @@ def method_rounds(method: str, config: LifelongConfig, prep: PreparedRun, contex
                   config.frozen_run(), log, progress)
 
 
+# Setup fields that may differ between runs whose rows are kept together: they change no row of another method.
+PER_METHOD_FIELDS = ("methods", "method_configs", "threads")
+
+
+def kept_rows(earlier: dict[str, Any] | None, setup: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows of an earlier results file (`write_lifelong`) that a run with `setup` keeps: those of methods it
+    does not run, when the earlier run measured the same thing (every setup field but the methods, their configs
+    and the thread count alike) and no method run now shares the row's config under other settings (meg and
+    meg-batch share meg's); each keeps the command that measured it (the earlier file's when it has none). A method
+    run now is never kept: its rows come from the work directory, or are measured again."""
+    if not earlier or "setup" not in earlier:
+        return []
+    before = earlier["setup"]
+    if any(before.get(k) != v for k, v in setup.items() if k not in PER_METHOD_FIELDS):
+        return []
+    then, now = before.get("method_configs") or {}, setup["method_configs"] or {}
+    shared = {configured_as(m) for m in setup["methods"]}
+
+    def same_config(method: str) -> bool:
+        key = configured_as(method)
+        return key not in shared or then.get(key) == now.get(key)
+
+    return [{**row, "command": row.get("command", earlier.get("command"))} for row in earlier.get("rows", [])
+            if row["method"] in METHODS and row["method"] not in setup["methods"] and same_config(row["method"])]
+
+
+def _with_kept(setup: dict[str, Any], kept: Sequence[dict[str, Any]], earlier: dict[str, Any] | None
+               ) -> dict[str, Any]:
+    """The setup of a file that holds the kept rows too: their methods, and the configs they were measured with."""
+    if not kept:
+        return setup
+    then = (earlier or {})["setup"].get("method_configs") or {}
+    configs = dict(setup["method_configs"] or {})
+    for key in {configured_as(r["method"]) for r in kept}:
+        configs.pop(key, None)
+        if then.get(key) is not None:
+            configs[key] = then[key]
+    methods = {r["method"] for r in kept} | set(setup["methods"])
+    return {**setup, "methods": [m for m in METHODS if m in methods], "method_configs": configs or None}
+
+
+def _in_order(rows: Sequence[dict[str, Any]], kept: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows in the order of METHODS when some were kept from an earlier file, else as measured."""
+    return sorted(rows, key=lambda r: (METHODS.index(r["method"]), r["round"])) if kept else list(rows)
+
+
 def bench_lifelong(config: LifelongConfig, work: str | Path, overwrite: bool = False,
                    calibration_pairs: Sequence[Any] | None = None, progress: bool = True,
                    log: Callable[[str], None] = print,
-                   on_row: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+                   on_row: Callable[[dict[str, Any]], None] | None = None,
+                   earlier: dict[str, Any] | None = None) -> dict[str, Any]:
     """Every method's rounds (module docstring) in the work directory `work`; `on_row(summary so far)` after each
-    finished row. `calibration_pairs`: the router's calibration-only pairs (None: the shipped ones)."""
+    finished row. `calibration_pairs`: the router's calibration-only pairs (None: the shipped ones). `earlier`: the
+    results file this run rewrites; its rows of other methods are kept (`kept_rows`), so a method run on its own
+    adds its rows to the file instead of dropping the others'."""
     work = Path(work)
     dataset = check_lifelong(config, work, overwrite)
     with files.work_lock(work):  # one bench at a time in this directory
@@ -369,14 +420,15 @@ def bench_lifelong(config: LifelongConfig, work: str | Path, overwrite: bool = F
         setup = {**asdict(config.frozen_run()), "rounds": config.rounds, "per_round": config.per_round,
                  "methods": list(config.methods), "method_configs": config.method_configs, "data": prep.dataset.name,
                  "n_used": len(prep.dataset.requests), "filter": prep.note, "threads": torch.get_num_threads()}
-        rows: list[dict[str, Any]] = []
+        kept = kept_rows(earlier, setup)
+        setup, rows = _with_kept(setup, kept, earlier), list(kept)
         for method in config.methods:
             rounds = method_rounds(method, config, prep, context, work, log, progress)
             for k in range(1, rounds.count + 1):
                 rows.append(rounds.row(k))
                 if on_row is not None:
-                    on_row(summarise(setup, rows, prep.seconds))
-        return summarise(setup, rows, prep.seconds)
+                    on_row(summarise(setup, _in_order(rows, kept), prep.seconds))
+        return summarise(setup, _in_order(rows, kept), prep.seconds)
 
 
 # --- results ---
@@ -442,7 +494,7 @@ def lifelong_markdown(bench: dict[str, Any], command: str) -> str:
                       round(r["round1"]["gen_ag"] or 0, 2), r["edit_seconds"], r["edit_cpu_seconds"],
                       r["eval_seconds"]])
     title = f"# Lifelong editing: {setup['data']}, {setup['rounds']} rounds of {setup['per_round']} edits\n\n"
-    text = [title, f"Command: `{command}`\n\n", _describe(setup),
+    text = [title, f"Command: `{command}`\n\n", _kept_commands(bench), _describe(setup),
             "## Score over every edit so far\n\n", _matrix(bench, lambda r: round(r["metrics"]["score"], 2)),
             f"\n## Round-1 retention: Rel-AG / Gen-AG of the first {setup['per_round']} edits\n\n",
             _matrix(bench, lambda r: f"{r['round1']['rel_ag']:.1f} / {r['round1']['gen_ag'] or 0:.1f}"),
@@ -463,6 +515,16 @@ def lifelong_markdown(bench: dict[str, Any], command: str) -> str:
                     f"CPU seconds {timing['add_cpu_seconds']:.1f} against {timing['batch_cpu_seconds']:.1f}: "
                     f"{100 * timing['cpu_ratio']:.1f}%.\n")
     return "".join(text)
+
+
+def _kept_commands(bench: dict[str, Any]) -> str:
+    """Which rows earlier runs of the same measurement wrote (`kept_rows`), with their commands."""
+    by_command: dict[str, list[str]] = {}
+    for row in bench["rows"]:
+        if row.get("command") is not None and row["method"] not in by_command.get(row["command"], []):
+            by_command.setdefault(row["command"], []).append(row["method"])
+    return "".join(f"Rows of {', '.join(methods)} kept from an earlier run of the same measurement: `{command}`\n\n"
+                   for command, methods in by_command.items())
 
 
 def _in_force_cell(row: dict[str, Any]) -> str:

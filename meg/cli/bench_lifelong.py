@@ -27,7 +27,9 @@ def command(
                        ] = "meg,meg-batch,ft,memit,alphaedit",
     configs: Annotated[Path | None, typer.Option(help="JSON {method: {config fields}}; 'meg' configures meg and "
                                                       "meg-batch")] = None,
-    out: Annotated[Path, typer.Option(help="results directory (JSON, markdown, PNG)")] = Path("docs/results"),
+    out: Annotated[Path, typer.Option(help="results directory (JSON, markdown, PNG); the rows of methods "
+                                              "not run now that its file holds for the same edits and rounds "
+                                              "are kept")] = Path("docs/results"),
     name: Annotated[str | None, typer.Option(help="results file stem (default: lifelong-<data>-<K>x<R>)")] = None,
     work_dir: Annotated[Path | None, typer.Option(help="rounds' states, records and finished rows, so a rerun "
                                                   "resumes (default: runs/<name>)")] = None,
@@ -41,6 +43,7 @@ def command(
     PNG (Score against the number of edits), rewritten as each row finishes."""
     from meg.benchmarks.lifelong import LifelongConfig, bench_lifelong, write_lifelong
     from meg.evaluation.runner import RunConfig
+    from meg.results import read_results
 
     check_count(rounds, "--rounds")
     check_count(per_round, "--per-round")
@@ -55,5 +58,6 @@ def command(
                            read_json_option(configs, "--configs"))  # checks every method and its config
     command = command_line()
     bench = bench_lifelong(setup, work, overwrite, log=typer.echo,
-                           on_row=lambda partial: write_lifelong(out, stem, partial, command))
+                           on_row=lambda partial: write_lifelong(out, stem, partial, command),
+                           earlier=read_results(out, stem))  # its rows of other methods stay in the file
     typer.echo(Path(write_lifelong(out, stem, bench, command)["md"]).read_text())
