@@ -62,12 +62,28 @@ class CollectionConfig(Settings):
     # same relation's other rows succeed) and succeed from another one (docs/LOG.md, 2026-12-02, session 20).
     retries: int = setting(0, "rows that fail are trained again from the start of seed + 1, ..., seed + retries; "
                               "a row keeps its first success (paper: 0)")
+    # Ours (not in the paper): SGD at the small model's large step moves w_out fast and the input side slowly
+    # (input_lr_scale), which answers of a few tokens need; a long answer whose tokens repeat (a WikiData timestamp
+    # "0850-01-01T00:00:00Z") needs the neuron to fire differently at positions the base model reads alike, and SGD
+    # stalls there (docs/LOG.md, 2026-12-03, session 21). Adam scales each coordinate's step by its own gradient.
+    optimizer: Literal["sgd", "adam"] = setting("sgd", "sgd (paper) or adam (ours: per-coordinate steps, "
+                                                       "betas 0.9 / 0.999, each row its own moments)")
+    # Ours: the slow setting only where the fast one failed, so a data set's cost per edit grows by its failures.
+    fallback: str | None = setting(None, "name of a collection preset that rows still failing after the retries "
+                                         "are trained again with (from its own start; steps added); null: none")
 
     def rules(self) -> Rules:
         return {"lr": (self.lr > 0, "> 0"), "steps": (self.steps >= 1, ">= 1"), "retries": (self.retries >= 0, ">= 0"),
                 "loss_threshold": (self.loss_threshold >= 0, ">= 0"), "patience": (self.patience >= 1, ">= 1"),
                 "input_lr_scale": (self.input_lr_scale > 0, "> 0"), "batch_size": (self.batch_size >= 1, ">= 1"),
-                "batch_tokens": (self.batch_tokens is None or self.batch_tokens >= 1, ">= 1 or null")}
+                "batch_tokens": (self.batch_tokens is None or self.batch_tokens >= 1, ">= 1 or null"),
+                "fallback": self._fallback_rule()}
+
+    def _fallback_rule(self) -> tuple[bool, str]:
+        if self.fallback is None:  # (the presets below are built with none)
+            return True, "null"
+        names = [name for name, config in PRESETS.items() if config.fallback is None]
+        return self.fallback in names, f"null or a preset without a fallback of its own: {', '.join(names)}"
 
 
 # Named settings. "paper-*" are the research code's stage-3 configs; "small-gpt2" is ours, measured on the
@@ -83,6 +99,10 @@ PRESETS: dict[str, CollectionConfig] = {
     # instead of 270 s (less padding), same successes, vectors within 2e-6 (docs/LOG.md, 2026-12-02, session 19).
     "small-gpt2": CollectionConfig(lr=10.0, steps=80, input_lr_scale=0.01, init_bias=1.0, loss_threshold=0.05,
                                    batch_size=128, batch_tokens=4096),
+    # For the rows small-gpt2 cannot collect: long answers whose tokens repeat (WikiData timestamps). Adam with the
+    # same step on both sides; 600 steps (docs/results/collection-reference-2-recent-timestamps.md).
+    "long-answers": CollectionConfig(optimizer="adam", lr=0.05, steps=600, input_lr_scale=1.0, init_bias=1.0,
+                                     loss_threshold=0.05, batch_size=128, batch_tokens=4096),
 }
 
 
@@ -155,13 +175,31 @@ def _lr_at(config: CollectionConfig, step: int) -> float:
     return config.lr
 
 
+class _Adam:
+    """Adam over the rows of a (B, D) weight matrix: each row its own moments, so rows never interact. Every row
+    still training has taken the same number of steps (rows only ever leave)."""
+
+    def __init__(self, weights: torch.Tensor, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        self.m, self.v, self.betas, self.eps = torch.zeros_like(weights), torch.zeros_like(weights), betas, eps
+
+    def step(self, live: torch.Tensor, grad: torch.Tensor, step: int) -> torch.Tensor:
+        """The update of the `live` rows at 0-based `step`, from their gradient (L, D)."""
+        b1, b2 = self.betas
+        self.m[live] = b1 * self.m[live] + (1 - b1) * grad
+        self.v[live] = b2 * self.v[live] + (1 - b2) * grad.square()
+        m_hat, v_hat = self.m[live] / (1 - b1 ** (step + 1)), self.v[live] / (1 - b2 ** (step + 1))
+        return m_hat / (v_hat.sqrt() + self.eps)
+
+
 def _train_rows(model: nn.Module, spec: NeuronSpec, batch: AnswerBatch, config: CollectionConfig) -> tuple:
-    """SGD on one batch of edits, every row its own neuron. -> vectors (B, D), loss (B,), steps (B,)."""
+    """SGD (or Adam, `config.optimizer`) on one batch of edits, every row its own neuron. -> vectors (B, D),
+    loss (B,), steps (B,)."""
     rows = batch.input_ids.shape[0]
     weights = initial_vector(spec, config).to(batch.input_ids.device).repeat(rows, 1)  # (B, D)
     scale = torch.ones(spec.dim, device=weights.device)
     scale[: spec.dim - spec.hidden_size] = config.input_lr_scale  # w_in and bias come before w_out
     live = torch.arange(rows, device=weights.device)  # rows still training
+    adam = _Adam(weights) if config.optimizer == "adam" else None
     losses = torch.full((rows,), float("nan"))
     steps, below = torch.zeros(rows, dtype=torch.long), torch.zeros(rows, dtype=torch.long)
     for step in range(config.steps):
@@ -171,7 +209,8 @@ def _train_rows(model: nn.Module, spec: NeuronSpec, batch: AnswerBatch, config: 
             row_loss = _row_losses(model, sub, config.loss_tokens)  # (L,)
             # Summing keeps each row's gradient equal to its own loss's gradient (rows share no weights).
             (grad,) = torch.autograd.grad(row_loss.sum(), leaf)
-        weights[live] = (leaf - _lr_at(config, step) * grad * scale).detach()
+        direction = grad if adam is None else adam.step(live, grad, step)
+        weights[live] = (leaf - _lr_at(config, step) * direction * scale).detach()
         cpu_live = live.cpu()
         losses[cpu_live] = row_loss.detach().float().cpu()
         steps[cpu_live] += 1
@@ -211,34 +250,43 @@ def _collect_chunk(
     model: nn.Module, tokenizer: PreTrainedTokenizerBase, spec: NeuronSpec, texts: list[str], targets: list[str],
     names: list[str], config: CollectionConfig,
 ) -> CollectionResult:
-    """Every row from the shared start, then each failed row again from the next seeds' starts (`retries`); `steps`
-    counts every attempt's steps."""
+    """Every row from the shared start, then each failed row again from the next seeds' starts (`retries`), then
+    with the `fallback` preset; `steps` counts every attempt's steps."""
     device = next(model.parameters()).device
     batch = encode_answers(tokenizer, texts, targets, max_length=context_length(model), names=names).to(device)
     result = _attempt(model, tokenizer, spec, batch, texts, targets, config)
-    for k in range(1, config.retries + 1):
+    later = [replace(config, seed=config.seed + k) for k in range(1, config.retries + 1)]
+    for attempt in later + ([preset(config.fallback)] if config.fallback is not None else []):
         failed = (~result.success).nonzero()[:, 0]
         if failed.numel() == 0:
             break
         rows = failed.to(device)
         subset = AnswerBatch(*(getattr(batch, f)[rows] for f in AnswerBatch.__dataclass_fields__))
         again = _attempt(model, tokenizer, spec, subset, [texts[i] for i in failed], [targets[i] for i in failed],
-                         replace(config, seed=config.seed + k))
+                         attempt)
         result.steps[failed] += again.steps
-        for name in ("vectors", "success", "loss"):
-            getattr(result, name)[failed[again.success]] = getattr(again, name)[again.success]
-        for j, i in enumerate(failed.tolist()):
-            if again.success[j]:
-                result.predictions[i] = again.predictions[j]
+        _keep_successes(result, failed, again)
     return result
+
+
+def _keep_successes(result: CollectionResult, failed: torch.Tensor, again: CollectionResult) -> None:
+    """Rows `failed` of `result` that `again` (trained on those rows alone) collected take its vectors."""
+    for name in ("vectors", "success", "loss"):
+        getattr(result, name)[failed[again.success]] = getattr(again, name)[again.success]
+    for j, i in enumerate(failed.tolist()):
+        if again.success[j]:
+            result.predictions[i] = again.predictions[j]
 
 
 def job_key(model: nn.Module, spec: NeuronSpec, config: CollectionConfig, template: PromptTemplate) -> str:
     """What every chunk of a collection job shares: the base model (its fingerprint), the neuron's place, the
     settings and the template. A chunk's cache key adds its own edits (`_ChunkCache.key`)."""
     settings = {k: v for k, v in config.to_dict().items() if k != "batch_tokens"}  # memory only: same vectors
-    if not config.retries:  # chunks collected before the option existed are the same job
-        del settings["retries"]
+    for name, before in (("retries", 0), ("optimizer", "sgd"), ("fallback", None)):  # before the option: same job
+        if settings[name] == before:
+            del settings[name]
+    if config.fallback is not None:  # the preset by its settings, not its name (a preset's values can change)
+        settings["fallback"] = preset(config.fallback).to_dict()
     return files.digest(fingerprint(model), asdict(spec), settings, template.text)
 
 

@@ -106,6 +106,75 @@ def test_retries_train_failed_rows_again_from_the_next_seeds_and_leave_the_rest(
         CollectionConfig(retries=-1)
 
 
+def test_adam_rows_follow_torch_adam_each_on_its_own():
+    """`optimizer="adam"`: every row's update is what torch.optim.Adam gives that row alone, also after other rows
+    stopped training (rows keep their own moments)."""
+    torch.manual_seed(0)
+    start, targets = torch.randn(3, 5), torch.randn(3, 5)
+    weights, adam = start.clone(), collection._Adam(start)
+    alone = [start[i].clone().requires_grad_(True) for i in range(3)]
+    optimizers = [torch.optim.Adam([w], lr=0.1) for w in alone]
+    for step in range(6):
+        live = torch.arange(3) if step < 3 else torch.tensor([0, 2])  # row 1 stops after 3 steps
+        grad = 2 * (weights[live] - targets[live])
+        weights[live] = weights[live] - 0.1 * adam.step(live, grad, step)
+        for i in live.tolist():
+            optimizers[i].zero_grad()
+            (alone[i] - targets[i]).square().sum().backward()
+            optimizers[i].step()
+    torch.testing.assert_close(weights, torch.stack([w.detach() for w in alone]))
+
+
+def test_adam_collects_batched_as_one_at_a_time_under_its_own_cache_key(fact_gpt2, tokenizer):
+    spec = neuron_spec(fact_gpt2, layer=1)
+    adam = CollectionConfig(**{**CONFIG.__dict__, "optimizer": "adam", "lr": 0.05, "input_lr_scale": 1.0})
+    batched = collect_weights(fact_gpt2, tokenizer, spec, REQUESTS, adam, progress=False)
+    single = collect_weights(fact_gpt2, tokenizer, spec, REQUESTS, CollectionConfig(**{**adam.__dict__, "batch_size": 1}),
+                             progress=False)
+    torch.testing.assert_close(batched.vectors, single.vectors, rtol=1e-4, atol=1e-4)
+    assert torch.equal(batched.steps, single.steps) and torch.equal(batched.success, single.success)
+    assert batched.success.any()  # it trains (its success on this tiny model is not what is tested)
+    template = collection.PromptTemplate()
+    assert collection.job_key(fact_gpt2, spec, adam, template) != collection.job_key(fact_gpt2, spec, CONFIG, template)
+    with pytest.raises(InputError, match="optimizer"):
+        CollectionConfig(optimizer="lbfgs")
+
+
+def test_options_at_their_paper_values_leave_the_cache_key_of_chunks_collected_before_them(fact_gpt2, monkeypatch):
+    seen = []
+    monkeypatch.setattr(collection.files, "digest", lambda *parts: seen.append(parts[2]) or "key")
+    collection.job_key(fact_gpt2, neuron_spec(fact_gpt2, 1), CONFIG, collection.PromptTemplate())
+    assert "retries" not in seen[0] and "optimizer" not in seen[0] and "lr" in seen[0]
+
+
+def test_rows_still_failing_are_trained_again_with_the_fallback_preset(fact_gpt2, tokenizer, monkeypatch):
+    """`fallback`: after the retries, each failed row is trained with the named preset (from its start) and keeps
+    what that gives it alone; rows that succeeded before are untouched, and the preset's settings key the cache."""
+    spec = neuron_spec(fact_gpt2, layer=1)
+    short = CollectionConfig(**{**CONFIG.__dict__, "steps": 4})
+    slow = CONFIG  # 25x the steps: collects the row 4 steps leave
+    monkeypatch.setitem(collection.PRESETS, "test-slow", slow)
+    plain = collect_weights(fact_gpt2, tokenizer, spec, REQUESTS, short, progress=False)
+    rescued = collect_weights(fact_gpt2, tokenizer, spec, REQUESTS,
+                              CollectionConfig(**{**short.__dict__, "fallback": "test-slow"}), progress=False)
+    alone = collect_weights(fact_gpt2, tokenizer, spec, REQUESTS, slow, progress=False)
+    kept, won = plain.success, ~plain.success & alone.success
+    assert 0 < int(kept.sum()) < len(REQUESTS) and won.any()
+    assert torch.equal(rescued.vectors[kept], plain.vectors[kept]) and torch.equal(rescued.steps[kept], plain.steps[kept])
+    torch.testing.assert_close(rescued.vectors[won], alone.vectors[won], rtol=1e-4, atol=1e-4)
+    assert torch.equal(rescued.steps[~kept], plain.steps[~kept] + alone.steps[~kept])
+    assert torch.equal(rescued.success, kept | alone.success)
+    template, keyed = collection.PromptTemplate(), CollectionConfig(**{**short.__dict__, "fallback": "test-slow"})
+    before = collection.job_key(fact_gpt2, spec, keyed, template)
+    monkeypatch.setitem(collection.PRESETS, "test-slow", CollectionConfig(**{**slow.__dict__, "steps": 7}))
+    assert collection.job_key(fact_gpt2, spec, keyed, template) != before  # the preset's values, not its name
+    with pytest.raises(InputError, match="fallback"):
+        CollectionConfig(fallback="nope")
+    monkeypatch.setitem(collection.PRESETS, "test-chain", CollectionConfig(fallback="test-slow"))
+    with pytest.raises(InputError, match="fallback"):
+        CollectionConfig(fallback="test-chain")
+
+
 def test_early_stop_is_per_row(fact_gpt2, tokenizer):
     spec = neuron_spec(fact_gpt2, layer=1)
     config = CollectionConfig(**{**CONFIG.__dict__, "loss_threshold": 0.5, "patience": 2})
