@@ -1,4 +1,4 @@
-"""Keep the records of a JSON edit file (a list of records) whose target matches a regular expression.
+r"""Keep the records of a JSON edit file (a list of records) whose target matches a regular expression.
 
     python scripts/select_records.py --data ../shared/data/knowedit/benchmark_wiki_recent_recent_train.json \
         --target '\d{4}-\d\d-\d\dT' --out runs/recent-timestamps.json
@@ -16,6 +16,8 @@ import re
 from pathlib import Path
 
 from meg import files
+from meg.data.records import read_records
+from meg.errors import InputError
 
 
 def target_of(record: dict) -> str:
@@ -36,9 +38,10 @@ def main() -> None:
         pattern = re.compile(args.target)
     except re.error as error:
         parser.error(f"--target {args.target!r} is not a regular expression: {error}")
-    records = json.loads(args.data.read_text())
-    if not isinstance(records, list):
-        parser.error(f"--data {args.data}: expected a JSON list of records")
+    try:
+        records = read_records(args.data)  # the data readers' own checks and one-line errors
+    except InputError as error:
+        parser.error(f"--data: {error}")
     kept = [r for r in records if pattern.search(target_of(r))]
     files.atomic_write_text(args.out, json.dumps(kept, ensure_ascii=False))
     print(f"{args.out}: {len(kept)} of {len(records)} records")

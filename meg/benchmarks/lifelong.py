@@ -386,9 +386,9 @@ def kept_rows(earlier: dict[str, Any] | None, setup: dict[str, Any]) -> list[dic
 def _with_kept(setup: dict[str, Any], kept: Sequence[dict[str, Any]], earlier: dict[str, Any] | None
                ) -> dict[str, Any]:
     """The setup of a file that holds the kept rows too: their methods, and the configs they were measured with."""
-    if not kept:
+    if not kept or earlier is None:  # rows are only kept from an earlier file
         return setup
-    then = (earlier or {})["setup"].get("method_configs") or {}
+    then = earlier["setup"].get("method_configs") or {}
     configs = dict(setup["method_configs"] or {})
     for key in {configured_as(r["method"]) for r in kept}:
         configs.pop(key, None)
